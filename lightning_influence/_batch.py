@@ -1,0 +1,71 @@
+"""Helpers for arbitrary batch structures (tuples, dicts, nested pytrees of tensors).
+
+A batch is any pytree whose tensor leaves share a leading batch dimension; other leaves
+(strings, ints, tensors of another leading size) ride along unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+__all__: list[str] = []
+
+
+def batch_size(batch: Any) -> int:
+    """The leading size shared by the batch's tensor leaves (the first tensor's, by convention)."""
+    for leaf in pytree.tree_leaves(batch):
+        if isinstance(leaf, Tensor) and leaf.ndim > 0:
+            return int(leaf.shape[0])
+    raise ValueError(
+        f"batch of type {type(batch).__name__} holds no tensor with a batch dimension: "
+        "a batch must contain at least one tensor whose first dimension indexes examples"
+    )
+
+
+def _is_mapped(leaf: Any, size: int) -> bool:
+    return isinstance(leaf, Tensor) and leaf.ndim > 0 and leaf.shape[0] == size
+
+
+def in_dims(batch: Any) -> Any:
+    """A ``vmap`` ``in_dims`` pytree: 0 for leaves indexed by example, None for the rest."""
+    size = batch_size(batch)
+    return pytree.tree_map(lambda x: 0 if _is_mapped(x, size) else None, batch)
+
+
+def unsqueeze_mapped(example: Any, dims: Any) -> Any:
+    """Inside ``vmap``: give the leaves mapped by ``dims`` (see ``in_dims``) a batch dimension of 1."""
+    leaves, spec = pytree.tree_flatten(example)
+    dim_leaves = pytree.tree_flatten(dims)[0]
+    out = [x.unsqueeze(0) if d == 0 else x for x, d in zip(leaves, dim_leaves, strict=True)]
+    return pytree.tree_unflatten(out, spec)
+
+
+def slice_batch(batch: Any, start: int, stop: int) -> Any:
+    """Examples ``start:stop`` of a batch (leaves without the batch dimension are kept whole)."""
+    size = batch_size(batch)
+    return pytree.tree_map(lambda x: x[start:stop] if _is_mapped(x, size) else x, batch)
+
+
+def map_tensors(fn: Callable[[Tensor], Tensor], batch: Any) -> Any:
+    """Apply ``fn`` to every tensor leaf."""
+    return pytree.tree_map(lambda x: fn(x) if isinstance(x, Tensor) else x, batch)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor leaf to ``device`` (a plain default; Lightning code uses the strategy)."""
+    return map_tensors(lambda x: x.to(device, non_blocking=True), batch)
+
+
+def to_autograd_tensors(batch: Any) -> Any:
+    """Clone inference-mode tensors so autograd may save them (batches made under inference_mode)."""
+    return map_tensors(lambda x: x.clone() if x.is_inference() else x, batch)
+
+
+def cast_floating(batch: Any, dtype: torch.dtype) -> Any:
+    """Cast floating-point tensor leaves to ``dtype``; integer leaves (labels) stay as they are."""
+    return map_tensors(lambda x: x.to(dtype) if x.is_floating_point() else x, batch)

@@ -1,0 +1,294 @@
+"""Shared machinery of the influence engines: batches in, projected gradients and scores out.
+
+An engine holds k directions ``e_i`` in parameter space and k eigenvalues ``lambda_i``
+(Arnoldi: Hessian eigenvectors; RandProj: a whitened Gaussian sketch); scoring is the same for all.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lightning_influence import _batch, scores
+from lightning_influence._context import analysis_context
+from lightning_influence._functional import LossFn, make_functional_loss
+from lightning_influence.config import ScoringConfig, parse_dtype
+from lightning_influence.parameters import ParameterSpace, ParamSelector, select_parameters
+from lightning_influence.projection import project_grad, project_jvp
+
+__all__ = ["TopInfluences"]
+
+TransferFn = Callable[[Any], Any]
+_GRAD_CHUNK_BYTES = 256 * 2**20
+
+
+class TopInfluences(NamedTuple):
+    """The strongest training examples for each test example (rows follow the test loader).
+
+    Indices are positions in the training loader's order (dataset indices for an unshuffled
+    loader over the whole dataset). Proponents have the largest positive influence (removing them
+    would raise the test loss), opponents the most negative.
+    """
+
+    proponents: Tensor
+    proponent_scores: Tensor
+    opponents: Tensor
+    opponent_scores: Tensor
+
+
+def sync_device(device: torch.device) -> None:
+    """Wait for queued kernels (for honest timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class EngineBase:
+    """Plumbing shared by every engine: parameters, the functional loss, batches, checks."""
+
+    config: ScoringConfig
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        config: ScoringConfig,
+        params: ParamSelector = None,
+        transfer_batch: TransferFn | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError(
+                "loss_fn must be callable as loss_fn(model, batch) -> Tensor[B] of per-example losses"
+            )
+        self.model = model
+        self.loss_fn = loss_fn
+        self.config = config
+        self.param_selector = params
+        self.space = ParameterSpace.of(select_parameters(model, params))
+        self.transfer_batch = transfer_batch
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(iter(select_parameters(self.model, self.param_selector).values())).device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        explicit = parse_dtype(self.config.compute_dtype, "compute_dtype")
+        if explicit is not None:
+            return explicit
+        dtype = next(iter(select_parameters(self.model, self.param_selector).values())).dtype
+        return torch.promote_types(dtype, torch.float32)
+
+    def _params(self, source: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The selected parameters, detached, in the compute dtype (``source`` overrides values)."""
+        live = select_parameters(self.model, self.param_selector)
+        out = {}
+        for name, p in live.items():
+            value = source[name] if source is not None else p
+            out[name] = value.detach().to(p.device, self.compute_dtype)
+        return out
+
+    def _functional(self):
+        dtype = self.compute_dtype
+        model_dtype = next(iter(self.model.parameters())).dtype
+        return make_functional_loss(
+            self.model, self.loss_fn, None if dtype == model_dtype else dtype
+        )
+
+    def _batches(self, loader: Iterable[Any], what: str) -> Iterator[Any]:
+        empty = True
+        for batch in loader:
+            empty = False
+            if self.transfer_batch is not None:
+                batch = self.transfer_batch(batch)
+            else:
+                batch = _batch.to_device(batch, self.device)
+            yield _batch.to_autograd_tensors(batch)
+        if empty:
+            raise ValueError(
+                f"the {what} loader yielded no batches: pass a loader over at least one example"
+            )
+
+    def _check_losses(self, losses: Any, batch: Any, index: int, what: str) -> None:
+        n = _batch.batch_size(batch)
+        if not isinstance(losses, Tensor):
+            raise TypeError(
+                f"loss_fn returned {type(losses).__name__}; it must return a Tensor of per-example "
+                f"losses, shape [{n}]"
+            )
+        if losses.shape != (n,):
+            raise ValueError(
+                f"loss_fn returned a tensor of shape {tuple(losses.shape)} for a batch of {n} "
+                f"examples: it must return one loss per example, shape [{n}] (use reduction='none')"
+            )
+        if not bool(torch.isfinite(losses).all()):
+            bad = (~torch.isfinite(losses)).nonzero().flatten()[:5].tolist()
+            raise FloatingPointError(
+                f"loss_fn returned NaN or Inf in batch {index} of the {what} loader (positions {bad} "
+                "within the batch): check those inputs and the model's parameters"
+            )
+
+    def _grad_chunk(self) -> int:
+        if self.config.example_chunk is not None:
+            return self.config.example_chunk
+        itemsize = torch.finfo(self.compute_dtype).bits // 8
+        return max(1, _GRAD_CHUNK_BYTES // max(1, self.space.dim * itemsize))
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class ProjectedInfluence(EngineBase):
+    """Base class: scoring from ``directions [k, P]`` and ``eigenvalues [k]``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        config: ScoringConfig,
+        params: ParamSelector = None,
+        transfer_batch: TransferFn | None = None,
+    ) -> None:
+        super().__init__(model, loss_fn, config, params=params, transfer_batch=transfer_batch)
+        self.directions: Tensor | None = None
+        self.eigenvalues_: Tensor | None = None
+        self.projection_mode_: str | None = (
+            None if config.projection == "auto" else config.projection
+        )
+
+    def _require_fitted(self) -> tuple[Tensor, Tensor]:
+        if self.directions is None or self.eigenvalues_ is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not fitted: call .fit(loader) or .load_state_dict(...) "
+                "before scoring"
+            )
+        return self.directions, self.eigenvalues_
+
+    # -- scoring -------------------------------------------------------------------------------
+    @property
+    def weights(self) -> Tensor:
+        """``w_i ~ 1 / lambda_i`` under the configured eigenvalue policy."""
+        _, lam = self._require_fitted()
+        return scores.inverse_eigenvalues(
+            lam,
+            self.config.eigenvalue_policy,
+            damping=self.config.damping,
+            rtol=self.config.eigenvalue_rtol,
+        )
+
+    def _project_batch(self, f, params, batch, directions: Tensor, mode: str) -> Tensor:
+        if mode == "jvp":
+            return project_jvp(
+                f, params, batch, directions, self.space, self.config.direction_chunk
+            )
+        return project_grad(f, params, batch, directions, self.space, self._grad_chunk())
+
+    def _choose_projection(self, f, params, batch, directions: Tensor) -> str:
+        """Time both routes on a slice of the first batch; keep the faster (``projection='auto'``)."""
+        if self.device.type == "xla":
+            return "grad"  # reverse mode only: forward mode is unreliable on torch-xla 2.9
+        probe = _batch.slice_batch(batch, 0, min(16, _batch.batch_size(batch)))
+        seconds = {}
+        for mode in ("grad", "jvp"):
+            for repeat in range(2):  # the first run warms up
+                sync_device(self.device)
+                start = time.perf_counter()
+                self._project_batch(f, params, probe, directions, mode)
+                sync_device(self.device)
+                if repeat:
+                    seconds[mode] = time.perf_counter() - start
+        return min(seconds, key=seconds.__getitem__)
+
+    def project(self, loader: Iterable[Any], *, desc: str = "Projecting") -> Tensor:
+        """``[N, k]`` projected gradients ``<e_i, g_x>`` of every example, in loader order (CPU)."""
+        directions, _ = self._require_fitted()
+        out = []
+        with analysis_context(self.model):
+            f, params = self._functional(), self._params()
+            bar = tqdm(desc=desc, unit="batch", disable=not self.config.progress, leave=False)
+            for i, batch in enumerate(self._batches(loader, "scoring")):
+                if i == 0:
+                    with torch.no_grad():
+                        self._check_losses(f(params, batch), batch, 0, "scoring")
+                    if self.projection_mode_ is None:
+                        self.projection_mode_ = self._choose_projection(
+                            f, params, batch, directions
+                        )
+                out.append(
+                    self._project_batch(f, params, batch, directions, self.projection_mode_).cpu()
+                )
+                bar.update()
+            bar.close()
+        projections = torch.cat(out)
+        if not bool(torch.isfinite(projections).all()):
+            raise FloatingPointError(
+                "projected gradients contain NaN or Inf: a loss or gradient overflowed on the "
+                "scoring data; check for non-finite inputs or losses"
+            )
+        return projections
+
+    def self_influence(self, loader: Iterable[Any]) -> Tensor:
+        """``[N]`` self-influence ``I(x, x) = sum_i w_i <e_i, g_x>^2`` in loader order."""
+        projections = self.project(loader, desc="Self-influence")
+        return scores.self_influence(projections, self.weights)
+
+    def influence(self, train_loader: Iterable[Any], test_loader: Iterable[Any]) -> Tensor:
+        """``[N_test, N_train]`` influence ``I(x, z) = sum_i w_i <e_i, g_z><e_i, g_x>``.
+
+        Positive when removing training example x would raise the loss on test example z.
+        """
+        train = self.project(train_loader, desc="Projecting train")
+        test = self.project(test_loader, desc="Projecting test")
+        return scores.influence(test, train, self.weights)
+
+    def top_influences(
+        self, train_loader: Iterable[Any], test_loader: Iterable[Any], k: int = 10
+    ) -> TopInfluences:
+        """The ``k`` strongest proponents and opponents in ``train_loader`` of each test example."""
+        if k < 1:
+            raise ValueError(f"k={k} must be a positive integer")
+        matrix = self.influence(train_loader, test_loader)
+        k = min(k, matrix.shape[1])
+        top = matrix.topk(k, dim=1)
+        bottom = (-matrix).topk(k, dim=1)
+        return TopInfluences(top.indices, top.values, bottom.indices, -bottom.values)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _base_state(self) -> dict[str, Any]:
+        directions, lam = self._require_fitted()
+        return {
+            "engine": type(self).__name__,
+            "config": self.config.to_dict(),
+            "param_names": list(self.space.names),
+            "param_shapes": [list(s) for s in self.space.shapes],
+            "eigenvalues": lam.detach().cpu(),
+            "directions": directions.detach().cpu(),
+        }
+
+    def _load_base_state(self, state: dict[str, Any]) -> None:
+        if state.get("engine") != type(self).__name__:
+            raise ValueError(
+                f"state_dict was saved by {state.get('engine')!r}, not {type(self).__name__}: load it "
+                "into the engine that produced it"
+            )
+        self.space.check_compatible(state["param_names"], state["param_shapes"])
+        directions = state["directions"]
+        if (
+            directions.shape[1] != self.space.dim
+            or directions.shape[0] != state["eigenvalues"].numel()
+        ):
+            raise ValueError("state_dict directions and eigenvalues have inconsistent shapes")
+        self.directions = directions.to(self._directions_device())
+        self.eigenvalues_ = state["eigenvalues"].to(torch.float64)
+
+    def _directions_device(self) -> torch.device:
+        return self.device

@@ -1,0 +1,227 @@
+"""Arnoldi iteration and distillation (Algorithm 1 of Schioppa et al., AAAI 2022).
+
+Pure tensor code: a matrix-vector product in, an orthonormal Krylov basis and the top eigenpairs
+out. Shapes are static (the basis is preallocated and Gram-Schmidt runs as full matmuls over it,
+whose unused rows are zero), so a compiled backend such as XLA sees one graph per iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["ArnoldiResult", "Eigenpairs", "NonFiniteError", "arnoldi", "distill"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A matrix-vector product returned NaN or Inf."""
+
+    def __init__(self, message: str, iteration: int, vector: Tensor | None = None) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+        self.vector = vector  # the Krylov vector whose product failed
+
+
+class ArnoldiResult(NamedTuple):
+    """The output of ``arnoldi``.
+
+    Attributes:
+        basis: ``[m + 1, P]`` orthonormal rows ``q_0 .. q_m`` (row ``m`` is zero after breakdown).
+        hessenberg: ``[m + 1, m]`` float64 on the CPU, with ``A Q_m^T = Q_{m+1}^T H``.
+        iterations: m, the number of products done (fewer than asked after a breakdown).
+        breakdown: whether the Krylov space became invariant before ``n_iters``.
+    """
+
+    basis: Tensor
+    hessenberg: Tensor
+    iterations: int
+    breakdown: bool
+
+
+class Eigenpairs(NamedTuple):
+    """Ritz pairs kept by ``distill``, sorted by ``|eigenvalue|`` descending.
+
+    Attributes:
+        eigenvalues: ``[k]`` float64.
+        eigenvectors: ``[k, P]`` orthonormal rows.
+        residuals: ``[k]`` float64 estimates of ``||A e - lambda e||`` (exact in exact arithmetic
+            for a symmetric A: ``|h_{m+1,m}| |u_{m,i}|``), zero after a breakdown.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Low-precision storage of the basis is allowed; arithmetic is never below float32.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _rows_dot(basis: Tensor, w: Tensor, chunk: int) -> Tensor:
+    """``basis @ w`` in the work dtype, converting ``chunk`` rows of a low-precision basis at a time."""
+    if basis.dtype == w.dtype:
+        return basis @ w
+    return torch.cat([b.to(w.dtype) @ w for b in basis.split(chunk)])
+
+
+def _rows_combine(basis: Tensor, c: Tensor, chunk: int) -> Tensor:
+    """``basis^T @ c`` in the work dtype."""
+    if basis.dtype == c.dtype:
+        return basis.T @ c
+    out = torch.zeros(basis.shape[1], dtype=c.dtype, device=c.device)
+    for b, cc in zip(basis.split(chunk), c.split(chunk), strict=True):
+        out = out + b.to(c.dtype).T @ cc
+    return out
+
+
+def arnoldi(
+    matvec: Callable[[Tensor], Tensor],
+    start: Tensor,
+    n_iters: int,
+    *,
+    basis_device: torch.device | str | None = None,
+    basis_dtype: torch.dtype | None = None,
+    breakdown_tol: float | None = None,
+    on_iteration: Callable[[int], None] | None = None,
+    graph_cut: Callable[[], None] | None = None,
+) -> ArnoldiResult:
+    """Build an orthonormal basis of the Krylov space ``span{q, Aq, ..., A^(n-1) q}``.
+
+    Each iteration applies ``A`` once, orthogonalizes against all previous vectors twice
+    (classical Gram-Schmidt with re-orthogonalization, "CGS2") and normalizes. The iteration
+    stops early when the new vector's norm falls below ``breakdown_tol`` times the norm of
+    ``A q_k`` (the space is invariant; its eigenpairs are then exact).
+
+    Args:
+        matvec: ``v -> A v`` on ``start``'s device and dtype.
+        start: the start vector ``[P]`` (normalized here).
+        n_iters: the maximum number of products n.
+        basis_device: where the ``[n + 1, P]`` basis lives (default: ``start``'s device). The CPU
+            offloads a basis that would not fit beside the model on an accelerator.
+        basis_dtype: storage dtype of the basis (default: ``start``'s dtype). Arithmetic is done
+            in at least float32.
+        breakdown_tol: relative breakdown threshold (default ``1000 * eps`` of the work dtype).
+        on_iteration: called after every iteration with its index (progress bars).
+        graph_cut: called once per iteration before the host reads the new norm; on XLA,
+            ``torch_xla.sync`` so that every iteration runs the same compiled graph once.
+
+    Returns:
+        ArnoldiResult.
+
+    Example:
+        >>> A = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+        >>> r = arnoldi(lambda v: A @ v, torch.ones(3, dtype=torch.float64), 5)
+        >>> r.iterations, r.breakdown
+        (3, True)
+    """
+    if n_iters < 1:
+        raise ValueError(f"n_iters={n_iters} must be at least 1")
+    if start.ndim != 1:
+        raise ValueError(f"start must be a vector, got shape {tuple(start.shape)}")
+    device, dtype = start.device, start.dtype
+    bdevice = torch.device(basis_device) if basis_device is not None else device
+    bdtype = basis_dtype or dtype
+    work = _work_dtype(bdtype)
+    tol = breakdown_tol if breakdown_tol is not None else 1000 * torch.finfo(work).eps
+    chunk = 64
+    dim = start.numel()
+
+    basis = torch.zeros(n_iters + 1, dim, device=bdevice, dtype=bdtype)
+    # The Hessenberg matrix lives beside the basis until the end, so that the loop moves one
+    # pair of scalars to the host per iteration and nothing else.
+    hess = torch.zeros(n_iters + 1, n_iters, device=bdevice, dtype=work)
+
+    start_norm = float(start.norm())
+    if not math.isfinite(start_norm) or start_norm == 0:
+        raise ValueError("the start vector must be finite and non-zero")
+    q = start / start_norm
+    basis[0] = q.to(bdevice, bdtype)
+    iterations, breakdown = n_iters, False
+    for k in range(n_iters):
+        w = matvec(q).to(bdevice, work)
+        w_norm = w.norm()
+        # CGS2: unused rows of the basis are zero, so full-size matmuls need no mask.
+        c1 = _rows_dot(basis, w, chunk)
+        w = w - _rows_combine(basis, c1, chunk)
+        c2 = _rows_dot(basis, w, chunk)
+        w = w - _rows_combine(basis, c2, chunk)
+        beta = w.norm()
+        column = (c1 + c2).index_copy(0, torch.tensor([k + 1], device=bdevice), beta.reshape(1))
+        hess.index_copy_(1, torch.tensor([k], device=bdevice), column.reshape(-1, 1))
+        next_q = w / beta
+        basis.index_copy_(
+            0, torch.tensor([k + 1], device=bdevice), next_q.to(bdtype).reshape(1, -1)
+        )
+        if graph_cut is not None:
+            graph_cut()
+        beta_val, w_norm_val = torch.stack([beta, w_norm]).tolist()  # the one host sync
+        if on_iteration is not None:
+            on_iteration(k)
+        if not (math.isfinite(beta_val) and math.isfinite(w_norm_val)):
+            raise NonFiniteError(
+                f"matrix-vector product {k} returned NaN or Inf", iteration=k, vector=q
+            )
+        if beta_val <= tol * max(w_norm_val, torch.finfo(work).tiny):
+            iterations, breakdown = k + 1, True
+            basis[k + 1] = 0
+            hess[k + 1, k] = 0
+            break
+        q = next_q.to(device, dtype)
+    return ArnoldiResult(
+        basis=basis[: iterations + 1],
+        hessenberg=hess[: iterations + 1, :iterations].to("cpu", torch.float64),
+        iterations=iterations,
+        breakdown=breakdown,
+    )
+
+
+def distill(
+    result: ArnoldiResult, top_k: int, *, out_dtype: torch.dtype | None = None
+) -> Eigenpairs:
+    """Keep the ``top_k`` Ritz pairs of largest ``|eigenvalue|``.
+
+    The last row of the Hessenberg matrix is dropped, the square part symmetrized (it is
+    tridiagonal for a symmetric operator in exact arithmetic; symmetrizing removes rounding
+    asymmetry) and diagonalized with ``eigh``. Eigenvectors ``e_i = Q_m^T u_i`` are normalized and
+    given a deterministic sign: the entry of largest magnitude is positive.
+
+    Args:
+        result: from ``arnoldi``.
+        top_k: how many pairs to keep; at most ``result.iterations`` are available.
+        out_dtype: dtype of the eigenvectors (default: the work dtype of the basis).
+    """
+    m = result.iterations
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1")
+    k = min(top_k, m)
+    square = result.hessenberg[:m, :m]
+    sym = (square + square.T) / 2
+    evals, evecs = torch.linalg.eigh(sym)
+    # Stable sort on |lambda| (ties keep ascending eigh order) for reproducibility.
+    order = torch.sort(evals.abs(), descending=True, stable=True).indices[:k]
+    evals, evecs = evals[order], evecs[:, order]
+    beta = result.hessenberg[m, m - 1] if result.hessenberg.shape[0] > m else torch.tensor(0.0)
+    residuals = (beta * evecs[m - 1, :]).abs()
+
+    basis = result.basis[:m]
+    work = _work_dtype(basis.dtype)
+    coeffs = evecs.T.to(basis.device, work)  # [k, m]
+    if basis.dtype == work:
+        vectors = coeffs @ basis
+    else:
+        vectors = torch.zeros(k, basis.shape[1], dtype=work, device=basis.device)
+        for start in range(0, m, 64):
+            vectors += coeffs[:, start : start + 64] @ basis[start : start + 64].to(work)
+    vectors = vectors / vectors.norm(dim=1, keepdim=True)
+    pivot = vectors.abs().argmax(dim=1)
+    signs = torch.sign(vectors.gather(1, pivot[:, None]))
+    signs[signs == 0] = 1
+    vectors = vectors * signs
+    if out_dtype is not None:
+        vectors = vectors.to(out_dtype)
+    return Eigenpairs(eigenvalues=evals, eigenvectors=vectors, residuals=residuals)

@@ -1,0 +1,235 @@
+"""``ArnoldiInfluence``: influence functions through the top eigenpairs of the Hessian."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lightning_influence import _batch
+from lightning_influence._context import analysis_context
+from lightning_influence._engine import ProjectedInfluence, TransferFn, sync_device
+from lightning_influence._functional import LossFn
+from lightning_influence.arnoldi import NonFiniteError, arnoldi, distill
+from lightning_influence.config import ArnoldiConfig, parse_dtype
+from lightning_influence.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
+from lightning_influence.parameters import ParamSelector
+
+__all__ = ["ArnoldiInfluence"]
+
+_FORMAT_VERSION = 1
+
+
+def _graph_cut(device: torch.device) -> Callable[[], None] | None:
+    if device.type != "xla":
+        return None
+    from lightning_influence import _xla
+
+    return _xla.sync
+
+
+class ArnoldiInfluence(ProjectedInfluence):
+    """Influence functions with the Arnoldi method of Schioppa et al. (AAAI 2022).
+
+    ``fit`` runs ``n_iters`` Arnoldi iterations on the Hessian H of the mean training loss over
+    an HVP sample and keeps the ``top_k`` eigenpairs ``(lambda_i, e_i)`` by ``|lambda_i|``. Scores
+    then cost O(top_k) per example:
+
+    * ``influence``: ``I(x, z) = sum_i w_i <e_i, g_z><e_i, g_x>``, approximately
+      ``<g_z, H^-1 g_x>``; positive when removing training example x would raise the loss on z;
+    * ``self_influence``: ``I(x, x) = sum_i w_i <e_i, g_x>^2`` (high for mislabeled examples);
+
+    with ``w_i ~ 1 / lambda_i`` under ``eigenvalue_policy`` (see ``scores.inverse_eigenvalues``).
+
+    Args:
+        model: the model; its current parameters are where H is taken.
+        loss_fn: ``loss_fn(model, batch) -> Tensor[B]``, one loss per example (``reduction="none"``).
+            It is called with the model's parameters swapped functionally (``torch.func``).
+        params: which parameters to analyse (names, module prefixes, globs or a predicate; default:
+            all that require grad).
+        config: an ``ArnoldiConfig``; or pass its fields as keyword arguments.
+        transfer_batch: moves a batch to the device (default: every tensor to the model's device).
+        **kwargs: fields of ``ArnoldiConfig`` (``n_iters``, ``top_k``, ``seed``, ``hvp_mode``,
+            ``projection``, ``eigenvalue_policy``, ``basis_device``, ``basis_dtype``, ...).
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> model = torch.nn.Linear(4, 3)
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+        >>> loss = lambda m, b: F.cross_entropy(m(b[0]), b[1], reduction="none")
+        >>> engine = ArnoldiInfluence(model, loss, n_iters=15, top_k=5, progress=False).fit(data)
+        >>> engine.eigenvalues.shape, engine.self_influence(data).shape
+        (torch.Size([5]), torch.Size([8]))
+    """
+
+    config: ArnoldiConfig
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        *,
+        params: ParamSelector = None,
+        config: ArnoldiConfig | None = None,
+        transfer_batch: TransferFn | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if config is None:
+            config = ArnoldiConfig(**kwargs)
+        elif kwargs:
+            config = dataclasses.replace(config, **kwargs)
+        super().__init__(model, loss_fn, config, params=params, transfer_batch=transfer_batch)
+        self.residuals_: Tensor | None = None
+        self.fit_stats: dict[str, Any] = {}
+
+    @property
+    def eigenvalues(self) -> Tensor:
+        """``[k]`` eigenvalues, sorted by ``|lambda|`` descending (float64, CPU)."""
+        return self._require_fitted()[1]
+
+    @property
+    def eigenvectors(self) -> Tensor:
+        """``[k, P]`` orthonormal eigenvectors as rows, matching ``eigenvalues``.
+
+        ``self.space.unflatten(engine.eigenvectors[i])`` gives eigenvector i by parameter name.
+        """
+        return self._require_fitted()[0]
+
+    @property
+    def ritz_residuals(self) -> Tensor:
+        """``[k]`` ``||H e_i - lambda_i e_i||`` estimates (float64): small means converged.
+
+        The tail of the kept spectrum converges last; ``relative_residuals`` divides by ``|lambda|``.
+        """
+        if self.residuals_ is None:
+            self._require_fitted()
+            raise RuntimeError("residuals are not available for an engine loaded without them")
+        return self.residuals_
+
+    @property
+    def relative_residuals(self) -> Tensor:
+        """``ritz_residuals / |eigenvalues|`` (``inf`` for an exactly zero eigenvalue)."""
+        return self.ritz_residuals / self.eigenvalues.abs()
+
+    def _directions_device(self) -> torch.device:
+        if self.config.basis_device is not None:
+            return torch.device(self.config.basis_device)
+        return self.device
+
+    def fit(self, loader: Iterable[Any], *, reduce_fn: ReduceFn | None = None) -> ArnoldiInfluence:
+        """Run Arnoldi on the Hessian of the mean loss over ``loader`` and keep the top eigenpairs.
+
+        Args:
+            loader: the HVP sample, iterated once up front (losses checked, examples counted) and
+                then, unless ``cache_batches`` is off, held on the device for every iteration.
+            reduce_fn: for data-parallel runs, a sum across processes (each process passes its own
+                share of the sample); it receives one flat vector per HVP.
+
+        Returns:
+            self.
+        """
+        cfg = self.config
+        wall = time.perf_counter()
+        with analysis_context(self.model):
+            f, params = self._functional(), self._params()
+            device = self.device
+            mode = resolve_hvp_mode(cfg.hvp_mode, device)
+
+            cached, count = [], 0
+            for i, batch in enumerate(self._batches(loader, "HVP sample")):
+                with torch.no_grad():
+                    self._check_losses(f(params, batch), batch, i, "HVP sample")
+                count += _batch.batch_size(batch)
+                if cfg.cache_batches:
+                    cached.append(batch)
+            if reduce_fn is not None:
+                count = int(reduce_fn(torch.tensor([float(count)], device=device)).item())
+            batches = cached if cfg.cache_batches else _Reiterable(self, loader)
+            hessian = DatasetHessian(f, params, self.space, batches, mode, count, reduce_fn)
+
+            generator = torch.Generator().manual_seed(cfg.seed)
+            start = torch.randn(self.space.dim, generator=generator, dtype=torch.float64)
+            start = start.to(device, self.compute_dtype)
+
+            bar = tqdm(
+                total=cfg.n_iters, desc="Arnoldi", unit="hvp", disable=not cfg.progress, leave=False
+            )
+            try:
+                result = arnoldi(
+                    hessian,
+                    start,
+                    cfg.n_iters,
+                    basis_device=self._directions_device(),
+                    basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
+                    on_iteration=lambda _: bar.update(),
+                    graph_cut=_graph_cut(device),
+                )
+            except NonFiniteError as err:
+                where = "unknown"
+                if err.vector is not None:
+                    where = hessian.locate_non_finite(err.vector.to(device, self.compute_dtype))
+                raise FloatingPointError(
+                    f"Hessian-vector product {err.iteration} returned NaN or Inf; the first "
+                    f"non-finite contribution comes from {where}. Check that batch for extreme "
+                    "inputs, or the model for overflowing activations"
+                ) from err
+            finally:
+                bar.close()
+            pairs = distill(result, cfg.top_k)
+            sync_device(device)
+
+        if result.iterations < cfg.top_k:
+            self._warn(
+                f"Arnoldi stopped after {result.iterations} iterations (the Krylov space is "
+                f"invariant: the Hessian has rank at most {result.iterations} on this sample), so "
+                f"only {result.iterations} of top_k={cfg.top_k} eigenpairs exist"
+            )
+        self.directions = pairs.eigenvectors
+        self.eigenvalues_ = pairs.eigenvalues
+        self.residuals_ = pairs.residuals
+        fit_seconds = time.perf_counter() - wall
+        self.fit_stats = {
+            "iterations": result.iterations,
+            "breakdown": result.breakdown,
+            "hvp_mode": mode,
+            "num_examples": count,
+            "num_params": self.space.dim,
+            "hvp_seconds": hessian.seconds,
+            "fit_seconds": fit_seconds,
+        }
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Eigenpairs, residuals, the parameter layout and the config, to score later without refitting."""
+        state = self._base_state()
+        state.update(
+            format_version=_FORMAT_VERSION,
+            residuals=None if self.residuals_ is None else self.residuals_.cpu(),
+            fit_stats=dict(self.fit_stats),
+        )
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved (the config too, except ``progress``)."""
+        saved = dict(state["config"])
+        saved["progress"] = self.config.progress
+        self.config = ArnoldiConfig(**saved)
+        self._load_base_state(state)
+        self.residuals_ = state.get("residuals")
+        self.fit_stats = dict(state.get("fit_stats", {}))
+        self.projection_mode_ = None if self.config.projection == "auto" else self.config.projection
+
+
+class _Reiterable:
+    """Re-reads the loader (moved and checked like the first pass) for every HVP."""
+
+    def __init__(self, engine: ArnoldiInfluence, loader: Iterable[Any]) -> None:
+        self.engine, self.loader = engine, loader
+
+    def __iter__(self):
+        return self.engine._batches(self.loader, "HVP sample")
