@@ -13,6 +13,7 @@ from lightning_influence.baselines import (
     TracInInfluence,
 )
 from lightning_influence.config import ArnoldiConfig, ScoringConfig
+from lightning_influence.datamodule import InfluenceDataModule
 from lightning_influence.influence import ArnoldiInfluence
 from lightning_influence.scores import inverse_eigenvalues
 
@@ -23,6 +24,7 @@ __all__ = [
     "ArnoldiInfluence",
     "ArnoldiResult",
     "Eigenpairs",
+    "InfluenceDataModule",
     "RandomProjectionConfig",
     "RandomProjectionInfluence",
     "ScoringConfig",
