@@ -536,6 +536,8 @@ class InfluenceDataModule(pl.LightningDataModule):
             f"InfluenceDataModule: {message} from epoch {epoch} (scores: {event.name}, "
             f"combine={self.combine!r})"
         )
+        # `trainer.log_dir` is a collective under DDP: resolve the folder on every rank.
+        folder = self._plan_dir(source, event) if self.write_files else None
         if trainer is None or not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
@@ -544,9 +546,9 @@ class InfluenceDataModule(pl.LightningDataModule):
                 logger.experiment.add_histogram(
                     "influence_data/weights", plan.weights, trainer.global_step
                 )
-        if self.write_files:
+        if folder is not None:
             try:
-                self._write_plan(source, event, scores)
+                self._write_plan(folder, scores)
             except OSError as err:
                 rank_zero_warn(f"InfluenceDataModule could not write the dropped indices: {err}")
 
@@ -560,11 +562,9 @@ class InfluenceDataModule(pl.LightningDataModule):
         # An earlier run's folder is left untouched: the plan goes under this run's log dir.
         return Path(root) / "influence" / f"{event.name}-{source}"
 
-    def _write_plan(self, source: str, event: ScoringEvent, scores: Tensor) -> None:
-        folder = self._plan_dir(source, event)
+    def _write_plan(self, folder: Path, scores: Tensor) -> None:
         plan = self._plan
-        if folder is None or plan is None:
-            return
+        assert plan is not None
         labels = self.labels
         if plan.keep is not None:
             dropped = torch.nonzero(~plan.keep).flatten().tolist()

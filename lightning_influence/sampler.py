@@ -46,9 +46,7 @@ class SamplingPlan:
         """The epoch's global list of dataset indices."""
         if self.weights is not None:
             return torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
-        idx = (
-            torch.arange(self.size) if self.keep is None else torch.nonzero(self.keep).flatten()
-        )
+        idx = torch.arange(self.size) if self.keep is None else torch.nonzero(self.keep).flatten()
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator)]
         return idx
@@ -80,9 +78,7 @@ class InfluenceSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
-        )
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.plan_fn = plan_fn
         self.on_epoch = on_epoch
 
