@@ -25,7 +25,7 @@ __all__ = ["ArnoldiInfluence"]
 _FORMAT_VERSION = 1
 
 
-def _graph_cut(device: torch.device) -> Callable[[], None] | None:
+def _graph_cut(device: torch.device) -> Callable[[list[Tensor]], None] | None:
     if device.type != "xla":
         return None
     from lightning_influence import _xla
