@@ -20,12 +20,31 @@ MARKER="$VENV/.lightning-influence-complete"
 STAMP="$(sha256sum "$LOCK" | cut -d' ' -f1)"
 started=$SECONDS
 
+# pip's output goes to a log: this machine's pip configuration adds a warning per package.
+pip_quietly() {
+    local log="$VENV.pip.log"
+    if ! "$VENV/bin/python" -m pip "$@" >"$log" 2>&1; then
+        grep -v "^WARNING: Location" "$log" | tail -n 40 >&2
+        echo "test_xla: pip $1 failed (full log: $log)" >&2
+        exit 1
+    fi
+}
+
+if [[ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]]; then
+    echo "test_xla: the pinned torch-xla wheels are for Linux x86_64, not $(uname -s) $(uname -m)" >&2
+    exit 1
+fi
+
 if [[ ! -f "$MARKER" || "$(cat "$MARKER")" != "$STAMP" ]]; then
     echo "test_xla: building $VENV (once; about 4 GB of downloads)"
+    if [[ -e "$VENV" && ! -f "$VENV/pyvenv.cfg" ]]; then
+        echo "test_xla: $VENV exists and is not a virtual environment; not touching it" >&2
+        exit 1
+    fi
     rm -rf "$VENV"
     mkdir -p "$(dirname "$VENV")"
     "${PYTHON:-python3}" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --no-deps -r "$LOCK"
+    pip_quietly install --no-deps -r "$LOCK"
     # Check the pair loads before declaring the environment complete.
     PJRT_DEVICE=CPU "$VENV/bin/python" -c "
 import torch, torch_xla
@@ -37,7 +56,7 @@ print('test_xla: torch', torch.__version__, 'torch_xla', torch_xla.__version__)
     echo "test_xla: environment built in $((SECONDS - started)) s"
 fi
 
-"$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
+pip_quietly install --no-deps --no-build-isolation --force-reinstall .
 
 report="$(mktemp)"
 trap 'rm -f "$report"' EXIT
