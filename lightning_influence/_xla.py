@@ -26,7 +26,9 @@ def sync(tensors: Sequence[Tensor] | None = None) -> None:
 
     sync_multi = getattr(torch_xla._XLAC, "_xla_sync_multi", None)
     if tensors is not None and sync_multi is not None:
-        sync_multi(list(tensors), devices=[], wait=True)
+        lazy = [t for t in tensors if t.device.type == "xla"]  # a CPU basis needs no sync
+        if lazy:
+            sync_multi(lazy, devices=[], wait=True)
         return
     step = getattr(torch_xla, "sync", None)
     if step is None:  # torch-xla < 2.5

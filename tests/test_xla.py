@@ -141,7 +141,8 @@ def _counts() -> dict[str, int]:
     }
 
 
-def test_arnoldi_runs_one_cached_graph_per_iteration():
+@pytest.mark.parametrize("basis_device", [None, "cpu"])
+def test_arnoldi_runs_one_cached_graph_per_iteration(basis_device):
     model, loader = make_model(seed=3, hidden=12), make_loader(n=64)
     _, f, params, batches = on(XLA, model, loader)
     space = ParameterSpace.of(params)
@@ -154,7 +155,14 @@ def test_arnoldi_runs_one_cached_graph_per_iteration():
         if k in (warmup - 1, n_iters - 1):
             snapshots[k] = _counts()
 
-    result = arnoldi(hessian, start, n_iters, on_iteration=record, graph_cut=_graph_cut(XLA))
+    result = arnoldi(
+        hessian,
+        start,
+        n_iters,
+        basis_device=basis_device,
+        on_iteration=record,
+        graph_cut=_graph_cut(XLA),
+    )
     assert result.iterations == n_iters and not result.breakdown
     before, after = snapshots[warmup - 1], snapshots[n_iters - 1]
     steady = n_iters - warmup
