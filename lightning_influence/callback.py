@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -453,7 +454,7 @@ class InfluenceCallback(Callback):
         score_loader = make_loader(_score_shard(num_examples, runtime.world_size, runtime.rank))
 
         wall = time.perf_counter()
-        with _preserved_rng_states():
+        with _preserved_rng_states(), runtime.rank_zero_buffers():
             engine = ArnoldiInfluence(
                 runtime.module,
                 loss_fn,
@@ -485,6 +486,9 @@ class InfluenceCallback(Callback):
             "hvp_seconds": float(engine.fit_stats.get("hvp_seconds", float("nan"))),
             "scoring_seconds": scoring_seconds,
         }
+        # Plain JSON types only: the manifest also goes into checkpoints, which Lightning may
+        # load with ``weights_only=True`` (``torch.__version__`` is a TorchVersion, not a str).
+        event.manifest = json.loads(json.dumps(event.manifest, default=str))
 
         def publish() -> None:
             if runtime.is_global_zero:
@@ -659,6 +663,28 @@ class _Runtime:
             raise error
         return result
 
+    @contextlib.contextmanager
+    def rank_zero_buffers(self) -> Iterator[None]:
+        """Every rank analyses with global zero's buffers (restored afterwards).
+
+        Under DDP each rank's BatchNorm running statistics drift apart between the buffer
+        broadcasts DDP makes at each forward; eigenpairs and scores must come from one model.
+        """
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            yield
+            return
+        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            with torch.no_grad():
+                for b in buffers:
+                    torch.distributed.broadcast(b, src=0)
+            yield
+        finally:
+            with torch.no_grad():
+                for b, old in zip(buffers, saved, strict=True):
+                    b.copy_(old)
+
     def gather(self, local: Tensor) -> Tensor:
         """Concatenate equal-sized per-rank shards in rank order."""
         if self.world_size == 1:
@@ -735,9 +761,9 @@ def _versions() -> dict[str, str]:
 
     return {
         "lightning_influence": lightning_influence.__version__,
-        "torch": torch.__version__,
-        "pytorch_lightning": pl.__version__,
-        "numpy": np.__version__,
+        "torch": str(torch.__version__),
+        "pytorch_lightning": str(pl.__version__),
+        "numpy": str(np.__version__),
         "python": platform.python_version(),
     }
 
