@@ -379,3 +379,61 @@ def test_state_dict_round_trip():
     assert "n_iters" in callback.state_key
     with pytest.raises(RuntimeError, match="no scores yet"):
         callback.latest_scores()
+
+
+# -- distributed -------------------------------------------------------------------------------
+class RecordRanks(pl.Callback):
+    """Saves every rank's view of the influence callback's events (ddp_spawn keeps them in the
+    worker processes)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        influence = next(c for c in trainer.callbacks if isinstance(c, InfluenceCallback))
+        torch.save(
+            [e.state_dict() for e in influence.events],
+            Path(self.folder) / f"rank{trainer.global_rank}.pt",
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_matches_one_process(tmp_path):
+    """Two gloo processes: every rank holds the same events, equal to a one-process analysis of
+    the same weights (BatchNorm buffers from global zero), and global zero writes the files."""
+    callback = InfluenceCallback(cross_entropy_loss, **{**FAST, "hvp_samples": 25})
+    pl.seed_everything(0, verbose=False)
+    model = TinyModule()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        callbacks=[callback, RecordRanks(str(tmp_path))],
+        logger=CSVLogger(tmp_path, name="logs", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    data = TinyData(n=N + 1)  # odd: the scoring shards need padding
+    trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=8, shuffle=True))
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [e["epoch"] for e in ranks[0]] == [0, 1]
+    for a, b in zip(ranks[0], ranks[1], strict=True):
+        assert torch.equal(a["eigenvalues"], b["eigenvalues"])
+        assert torch.equal(a["self_influence"], b["self_influence"])
+        assert a["manifest"]["world_size"] == 2
+    final = ranks[0][-1]
+    assert final["self_influence"].shape == (N + 1,)
+    folders = sorted(p.name for p in (tmp_path / "logs" / "version_0" / "influence").iterdir())
+    assert folders == [f"epoch={e['epoch']}-step={e['global_step']}" for e in ranks[0]]
+
+    # one process, same weights (ddp_spawn hands rank 0's final state back to this process)
+    engine = ArnoldiInfluence(model, cross_entropy_loss, n_iters=12, top_k=5, progress=False)
+    hvp = Subset(data, callback.hvp_indices(N + 1).tolist())
+    engine.fit(DataLoader(hvp, batch_size=8))
+    torch.testing.assert_close(engine.eigenvalues, final["eigenvalues"], rtol=1e-5, atol=0)
+    scores = engine.self_influence(DataLoader(data, batch_size=8)).double()
+    torch.testing.assert_close(scores, final["self_influence"], rtol=1e-4, atol=1e-7)
