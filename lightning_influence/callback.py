@@ -454,7 +454,9 @@ class InfluenceCallback(Callback):
         score_loader = make_loader(_score_shard(num_examples, runtime.world_size, runtime.rank))
 
         wall = time.perf_counter()
-        with _preserved_rng_states(), runtime.rank_zero_buffers():
+        # inference_mode off for the whole analysis, not only the engine's autograd: event tensors
+        # made under a caller's inference_mode would be inference tensors, unusable in training.
+        with torch.inference_mode(False), _preserved_rng_states(), runtime.rank_zero_buffers():
             engine = ArnoldiInfluence(
                 runtime.module,
                 loss_fn,
@@ -580,6 +582,7 @@ class InfluenceCallback(Callback):
             "num_params": engine.space.dim,
             "world_size": runtime.world_size,
             "precision": runtime.precision,
+            "compute_dtype": str(engine.compute_dtype).removeprefix("torch."),
             "projection_mode": engine.projection_mode_,
             "fit_stats": dict(engine.fit_stats),
             "versions": _versions(),

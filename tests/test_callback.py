@@ -437,3 +437,81 @@ def test_ddp_matches_one_process(tmp_path):
     torch.testing.assert_close(engine.eigenvalues, final["eigenvalues"], rtol=1e-5, atol=0)
     scores = engine.self_influence(DataLoader(data, batch_size=8)).double()
     torch.testing.assert_close(scores, final["self_influence"], rtol=1e-4, atol=1e-7)
+
+
+# -- contexts ----------------------------------------------------------------------------------
+def exploding_hessian_loss(model, batch):
+    """Finite losses whose Hessian is not: d^2/db^2 sqrt(|b - b0|) is infinite at b = b0."""
+    bias = model.net[4].bias
+    return cross_entropy_loss(model, batch) + (bias - bias.detach()).abs().sqrt().sum()
+
+
+def test_non_finite_hvp_is_reported_with_epoch_and_step(tmp_path):
+    callback = InfluenceCallback(exploding_hessian_loss, on_error="raise", **FAST)
+    with pytest.raises(FloatingPointError, match=r"epoch=0, step=5 failed: Hessian-vector product"):
+        fit(tmp_path, callback, max_epochs=1)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
+def test_hvps_run_in_float32_whatever_the_precision(tmp_path, precision):
+    callback = InfluenceCallback(cross_entropy_loss, **FAST)
+    fit(tmp_path, callback, max_epochs=1, precision=precision)
+    manifest = callback.latest_event.manifest
+    assert manifest["compute_dtype"] == "float32" and manifest["precision"] == precision
+    assert bool(torch.isfinite(callback.latest_event.eigenvalues).all())
+
+
+class AnalyzeInValidation(pl.Callback):
+    """On-demand analysis from a validation hook: Lightning runs it under ``no_grad`` in fit and
+    under ``inference_mode`` in ``trainer.validate``."""
+
+    def __init__(self) -> None:
+        self.events, self.modes = [], []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.sanity_checking or batch_idx:
+            return
+        self.modes.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        influence = next(c for c in trainer.callbacks if isinstance(c, InfluenceCallback))
+        self.events.append(influence.analyze(trainer, pl_module, dataloader=loader(False)))
+
+
+class WithValidation(TinyModule):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+def test_on_demand_analysis_under_no_grad_and_inference_mode(tmp_path):
+    callback = InfluenceCallback(
+        cross_entropy_loss, every_n_epochs=0, at_train_end=False, on_error="raise", **FAST
+    )
+    probe = AnalyzeInValidation()
+    pl.seed_everything(0, verbose=False)
+    trainer = trainer_for(tmp_path, [callback, probe], max_epochs=1)
+    model = WithValidation()
+    trainer.fit(model, train_dataloaders=loader(), val_dataloaders=loader(False))
+    trainer.validate(model, dataloaders=loader(False), verbose=False)
+    assert probe.modes == [(False, False), (False, True)]
+    assert len(callback.events) == 2 and probe.events == callback.events
+    assert [e.manifest["trigger"] for e in callback.events] == ["manual", "manual"]
+    torch.testing.assert_close(callback.events[0].eigenvalues, callback.events[1].eigenvalues)
+    assert not torch.is_inference(callback.events[1].self_influence)
+
+
+@pytest.mark.parametrize("enable_progress_bar", [False, True])
+def test_progress_bars_follow_the_trainer(tmp_path, capfd, enable_progress_bar):
+    callback = InfluenceCallback(cross_entropy_loss, **{**FAST, "progress": None})
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=enable_progress_bar,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(TinyModule(), train_dataloaders=loader())
+    assert ("Arnoldi" in capfd.readouterr().err) is enable_progress_bar
