@@ -95,7 +95,7 @@ def loader(shuffle: bool = True, data: Dataset | None = None) -> DataLoader:
 
 def fit(tmp_path, callback=None, max_epochs=2, seed=0, model=None, **kwargs):
     pl.seed_everything(seed, verbose=False)
-    model = model or TinyModule()
+    model = (model or TinyModule)() if model is None or isinstance(model, type) else model
     callbacks = [callback] if callback is not None else []
     trainer = trainer_for(tmp_path, callbacks, max_epochs=max_epochs, **kwargs)
     trainer.fit(model, train_dataloaders=kwargs.pop("dl", None) or loader())
@@ -227,12 +227,21 @@ def test_influence_loss_method_is_used(tmp_path):
     assert callback.latest_event.manifest["arguments"]["loss_fn"] == "_module_influence_loss"
 
 
-def test_training_is_unchanged_by_the_callback(tmp_path):
+class NoisyAugment(TinyModule):
+    """A random augmentation in a batch hook: the analysis draws from the global RNG too."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return x + 0.01 * torch.randn_like(x), y
+
+
+@pytest.mark.parametrize("module", [TinyModule, NoisyAugment])
+def test_training_is_unchanged_by_the_callback(tmp_path, module):
     """Same seed, with and without the callback: bitwise the same weights, buffers and optimizer."""
-    with_cb, model_a = fit(
-        tmp_path / "a", InfluenceCallback(cross_entropy_loss, **FAST), max_epochs=3
-    )
-    without, model_b = fit(tmp_path / "b", None, max_epochs=3)
+    callback = InfluenceCallback(cross_entropy_loss, **FAST)
+    with_cb, model_a = fit(tmp_path / "a", callback, max_epochs=3, model=module)
+    without, model_b = fit(tmp_path / "b", None, max_epochs=3, model=module)
+    assert len(callback.events) == 3
     state_a, state_b = model_a.state_dict(), model_b.state_dict()
     assert state_a.keys() == state_b.keys()
     for name in state_a:
