@@ -673,15 +673,20 @@ class _Runtime:
         Under DDP each rank's BatchNorm running statistics drift apart between the buffer
         broadcasts DDP makes at each forward; eigenpairs and scores must come from one model.
         """
-        if self.world_size == 1 or not torch.distributed.is_initialized():
+        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
+        if self.world_size == 1 or not buffers:
             yield
             return
-        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
         saved = [b.detach().clone() for b in buffers]
         try:
             with torch.no_grad():
-                for b in buffers:
-                    torch.distributed.broadcast(b, src=0)
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    for b in buffers:
+                        torch.distributed.broadcast(b, src=0)
+                else:  # a strategy without a torch.distributed process group
+                    values = self.strategy.broadcast([b.detach().cpu() for b in buffers])
+                    for b, value in zip(buffers, values, strict=True):
+                        b.copy_(value)
             yield
         finally:
             with torch.no_grad():

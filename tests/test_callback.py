@@ -210,14 +210,17 @@ def test_every_n_epochs_and_train_end(tmp_path):
 
 def test_only_at_train_end_and_on_demand(tmp_path):
     callback = InfluenceCallback(
-        cross_entropy_loss, every_n_epochs=0, dirpath=tmp_path / "scores", **FAST
+        cross_entropy_loss, every_n_epochs=0, dirpath=tmp_path / "scores", max_events=1, **FAST
     )
     trainer, model = fit(tmp_path, callback, max_epochs=2)
     assert [e.manifest["trigger"] for e in callback.events] == ["train_end"]
     assert [p.name for p in (tmp_path / "scores").iterdir()] == [callback.events[0].name]
+    first = callback.latest_event
     again = callback.analyze(trainer, model)
-    assert again is callback.latest_event and len(callback.events) == 2
-    torch.testing.assert_close(again.eigenvalues, callback.events[0].eigenvalues)
+    assert callback.events == [again]  # max_events=1: only the newest stays in memory
+    assert len(list((tmp_path / "scores").iterdir())) == 2  # the files keep both
+    torch.testing.assert_close(again.eigenvalues, first.eigenvalues)
+    torch.testing.assert_close(again.self_influence, first.self_influence, rtol=1e-5, atol=1e-7)
 
 
 def test_influence_loss_method_is_used(tmp_path):
