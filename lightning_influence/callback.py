@@ -492,12 +492,17 @@ class InfluenceCallback(Callback):
         # load with ``weights_only=True`` (``torch.__version__`` is a TorchVersion, not a str).
         event.manifest = json.loads(json.dumps(event.manifest, default=str))
 
-        def publish() -> None:
-            if runtime.is_global_zero:
-                write_event(event, root)
+        runtime.agree(lambda: write_event(event, root) if runtime.is_global_zero else None)
+        if runtime.is_global_zero:
+            try:
                 log_event(runtime.loggers, event, dataset, top_n=self.log_top_n)
-
-        runtime.agree(publish)
+            except Exception as err:  # the scores stand; a logger's failure must not drop them
+                rank_zero_warn(
+                    f"InfluenceCallback could not log the analysis at epoch={epoch}, step={step} "
+                    f"to the loggers ({type(err).__name__}: {err}); its files are in "
+                    f"{event.directory}",
+                    category=RuntimeWarning,
+                )
         self.events.append(event)
         if self.max_events is not None:
             del self.events[: -self.max_events]
