@@ -527,3 +527,32 @@ def test_progress_bars_follow_the_trainer(tmp_path, capfd, enable_progress_bar):
     )
     trainer.fit(TinyModule(), train_dataloaders=loader())
     assert ("Arnoldi" in capfd.readouterr().err) is enable_progress_bar
+
+
+def nan_loss_on_rank_one(model, batch):
+    losses = cross_entropy_loss(model, batch)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+        return losses * float("nan")
+    return losses
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_failure_on_one_rank_is_skipped_on_all(tmp_path):
+    """A non-finite loss on one rank only: every rank skips the analysis (no hang), training ends."""
+    callback = InfluenceCallback(nan_loss_on_rank_one, **FAST)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        callbacks=[callback, RecordRanks(str(tmp_path))],
+        logger=CSVLogger(tmp_path, name="logs", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TinyModule(), train_dataloaders=DataLoader(TinyData(), batch_size=8))
+    assert [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)] == [[], []]
+    assert not (tmp_path / "logs" / "version_0" / "influence").exists()
