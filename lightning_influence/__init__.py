@@ -5,6 +5,8 @@ Find the training examples most responsible for a prediction, and the noisy or m
 (AAAI 2022).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from lightning_influence._engine import TopInfluences
 from lightning_influence.arnoldi import ArnoldiResult, Eigenpairs, arnoldi, distill
 from lightning_influence.baselines import (
@@ -18,11 +20,25 @@ from lightning_influence.scores import inverse_eigenvalues
 
 __version__ = "0.1.0.dev0"
 
+if TYPE_CHECKING:
+    from lightning_influence.callback import InfluenceCallback
+
+
+def __getattr__(name: str) -> Any:
+    # The Lightning layer is imported on first use: the engine works without importing Lightning.
+    if name == "InfluenceCallback":
+        from lightning_influence.callback import InfluenceCallback
+
+        return InfluenceCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ArnoldiConfig",
     "ArnoldiInfluence",
     "ArnoldiResult",
     "Eigenpairs",
+    "InfluenceCallback",
     "RandomProjectionConfig",
     "RandomProjectionInfluence",
     "ScoringConfig",
