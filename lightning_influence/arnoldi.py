@@ -221,8 +221,9 @@ def distill(
             vectors += coeffs[:, start : start + 64] @ basis[start : start + 64].to(work)
     vectors = vectors / vectors.norm(dim=1, keepdim=True)
     pivot = vectors.abs().argmax(dim=1)
-    signs = torch.sign(vectors.gather(1, pivot[:, None]))
-    signs[signs == 0] = 1
+    pivot_values = vectors.gather(1, pivot[:, None])
+    # torch.where, not masked assignment: no data-dependent shape (a CPU fallback on XLA).
+    signs = torch.where(pivot_values < 0, -1.0, 1.0).to(vectors.dtype)
     vectors = vectors * signs
     if out_dtype is not None:
         vectors = vectors.to(out_dtype)
