@@ -492,12 +492,17 @@ class InfluenceCallback(Callback):
         # load with ``weights_only=True`` (``torch.__version__`` is a TorchVersion, not a str).
         event.manifest = json.loads(json.dumps(event.manifest, default=str))
 
-        def publish() -> None:
-            if runtime.is_global_zero:
-                write_event(event, root)
+        runtime.agree(lambda: write_event(event, root) if runtime.is_global_zero else None)
+        if runtime.is_global_zero:
+            try:
                 log_event(runtime.loggers, event, dataset, top_n=self.log_top_n)
-
-        runtime.agree(publish)
+            except Exception as err:  # the scores stand; a logger's failure must not drop them
+                rank_zero_warn(
+                    f"InfluenceCallback could not log the analysis at epoch={epoch}, step={step} "
+                    f"to the loggers ({type(err).__name__}: {err}); its files are in "
+                    f"{event.directory}",
+                    category=RuntimeWarning,
+                )
         self.events.append(event)
         if self.max_events is not None:
             del self.events[: -self.max_events]
@@ -673,15 +678,20 @@ class _Runtime:
         Under DDP each rank's BatchNorm running statistics drift apart between the buffer
         broadcasts DDP makes at each forward; eigenpairs and scores must come from one model.
         """
-        if self.world_size == 1 or not torch.distributed.is_initialized():
+        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
+        if self.world_size == 1 or not buffers:
             yield
             return
-        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
         saved = [b.detach().clone() for b in buffers]
         try:
             with torch.no_grad():
-                for b in buffers:
-                    torch.distributed.broadcast(b, src=0)
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    for b in buffers:
+                        torch.distributed.broadcast(b, src=0)
+                else:  # a strategy without a torch.distributed process group
+                    values = self.strategy.broadcast([b.detach().cpu() for b in buffers])
+                    for b, value in zip(buffers, values, strict=True):
+                        b.copy_(value)
             yield
         finally:
             with torch.no_grad():

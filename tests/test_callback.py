@@ -95,7 +95,7 @@ def loader(shuffle: bool = True, data: Dataset | None = None) -> DataLoader:
 
 def fit(tmp_path, callback=None, max_epochs=2, seed=0, model=None, **kwargs):
     pl.seed_everything(seed, verbose=False)
-    model = model or TinyModule()
+    model = (model or TinyModule)() if model is None or isinstance(model, type) else model
     callbacks = [callback] if callback is not None else []
     trainer = trainer_for(tmp_path, callbacks, max_epochs=max_epochs, **kwargs)
     trainer.fit(model, train_dataloaders=kwargs.pop("dl", None) or loader())
@@ -210,14 +210,17 @@ def test_every_n_epochs_and_train_end(tmp_path):
 
 def test_only_at_train_end_and_on_demand(tmp_path):
     callback = InfluenceCallback(
-        cross_entropy_loss, every_n_epochs=0, dirpath=tmp_path / "scores", **FAST
+        cross_entropy_loss, every_n_epochs=0, dirpath=tmp_path / "scores", max_events=1, **FAST
     )
     trainer, model = fit(tmp_path, callback, max_epochs=2)
     assert [e.manifest["trigger"] for e in callback.events] == ["train_end"]
     assert [p.name for p in (tmp_path / "scores").iterdir()] == [callback.events[0].name]
+    first = callback.latest_event
     again = callback.analyze(trainer, model)
-    assert again is callback.latest_event and len(callback.events) == 2
-    torch.testing.assert_close(again.eigenvalues, callback.events[0].eigenvalues)
+    assert callback.events == [again]  # max_events=1: only the newest stays in memory
+    assert len(list((tmp_path / "scores").iterdir())) == 2  # the files keep both
+    torch.testing.assert_close(again.eigenvalues, first.eigenvalues)
+    torch.testing.assert_close(again.self_influence, first.self_influence, rtol=1e-5, atol=1e-7)
 
 
 def test_influence_loss_method_is_used(tmp_path):
@@ -227,12 +230,21 @@ def test_influence_loss_method_is_used(tmp_path):
     assert callback.latest_event.manifest["arguments"]["loss_fn"] == "_module_influence_loss"
 
 
-def test_training_is_unchanged_by_the_callback(tmp_path):
+class NoisyAugment(TinyModule):
+    """A random augmentation in a batch hook: the analysis draws from the global RNG too."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return x + 0.01 * torch.randn_like(x), y
+
+
+@pytest.mark.parametrize("module", [TinyModule, NoisyAugment])
+def test_training_is_unchanged_by_the_callback(tmp_path, module):
     """Same seed, with and without the callback: bitwise the same weights, buffers and optimizer."""
-    with_cb, model_a = fit(
-        tmp_path / "a", InfluenceCallback(cross_entropy_loss, **FAST), max_epochs=3
-    )
-    without, model_b = fit(tmp_path / "b", None, max_epochs=3)
+    callback = InfluenceCallback(cross_entropy_loss, **FAST)
+    with_cb, model_a = fit(tmp_path / "a", callback, max_epochs=3, model=module)
+    without, model_b = fit(tmp_path / "b", None, max_epochs=3, model=module)
+    assert len(callback.events) == 3
     state_a, state_b = model_a.state_dict(), model_b.state_dict()
     assert state_a.keys() == state_b.keys()
     for name in state_a:
@@ -515,3 +527,32 @@ def test_progress_bars_follow_the_trainer(tmp_path, capfd, enable_progress_bar):
     )
     trainer.fit(TinyModule(), train_dataloaders=loader())
     assert ("Arnoldi" in capfd.readouterr().err) is enable_progress_bar
+
+
+def nan_loss_on_rank_one(model, batch):
+    losses = cross_entropy_loss(model, batch)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+        return losses * float("nan")
+    return losses
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ddp_failure_on_one_rank_is_skipped_on_all(tmp_path):
+    """A non-finite loss on one rank only: every rank skips the analysis (no hang), training ends."""
+    callback = InfluenceCallback(nan_loss_on_rank_one, **FAST)
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        callbacks=[callback, RecordRanks(str(tmp_path))],
+        logger=CSVLogger(tmp_path, name="logs", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(TinyModule(), train_dataloaders=DataLoader(TinyData(), batch_size=8))
+    assert [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)] == [[], []]
+    assert not (tmp_path / "logs" / "version_0" / "influence").exists()
