@@ -19,16 +19,12 @@ over ranks and gathered, and global zero writes the files.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,6 +40,12 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 from typing_extensions import override
 
 from lightning_influence._functional import LossFn
+from lightning_influence._runtime import (
+    Runtime,
+    preserved_rng_states,
+    score_shard,
+    standalone_transfer,
+)
 from lightning_influence.config import ArnoldiConfig
 from lightning_influence.hvp import HVPMode
 from lightning_influence.influence import ArnoldiInfluence
@@ -323,10 +325,10 @@ class InfluenceCallback(Callback):
         model.to(device)
         loss_fn = callback._resolve_loss(model)
         progress = True if callback.progress is None else callback.progress
-        runtime = _Runtime(
+        runtime = Runtime(
             module=model,
             device=device,
-            transfer=_standalone_transfer(model, device),
+            transfer=standalone_transfer(model, device),
             loggers=list(loggers),
             progress=progress,
             precision=str(next(model.parameters()).dtype),
@@ -397,7 +399,7 @@ class InfluenceCallback(Callback):
         loader = dataloader if dataloader is not None else trainer.train_dataloader
         root = Path(self.dirpath) if self.dirpath is not None else _default_root(trainer)
         root = Path(trainer.strategy.broadcast(os.fspath(root)))
-        runtime = _Runtime.of(trainer, pl_module, self.progress)
+        runtime = Runtime.of(trainer, pl_module, self.progress)
         step = trainer.global_step
         try:
             return self._analyze(runtime, loss_fn, loader, root, epoch, step, trigger)
@@ -417,7 +419,7 @@ class InfluenceCallback(Callback):
 
     def _analyze(
         self,
-        runtime: _Runtime,
+        runtime: Runtime,
         loss_fn: LossFn,
         loader: Any,
         root: Path,
@@ -451,12 +453,12 @@ class InfluenceCallback(Callback):
             self.config, progress=runtime.progress and runtime.is_global_zero
         )
         hvp_share = make_loader(hvp_indices[runtime.rank :: runtime.world_size].tolist())
-        score_loader = make_loader(_score_shard(num_examples, runtime.world_size, runtime.rank))
+        score_loader = make_loader(score_shard(num_examples, runtime.world_size, runtime.rank))
 
         wall = time.perf_counter()
         # inference_mode off for the whole analysis, not only the engine's autograd: event tensors
         # made under a caller's inference_mode would be inference tensors, unusable in training.
-        with torch.inference_mode(False), _preserved_rng_states(), runtime.rank_zero_buffers():
+        with torch.inference_mode(False), preserved_rng_states(), runtime.rank_zero_buffers():
             engine = ArnoldiInfluence(
                 runtime.module,
                 loss_fn,
@@ -559,7 +561,7 @@ class InfluenceCallback(Callback):
 
     def _manifest(
         self,
-        runtime: _Runtime,
+        runtime: Runtime,
         engine: ArnoldiInfluence,
         trigger: Trigger,
         num_examples: int,
@@ -602,129 +604,6 @@ class InfluenceCallback(Callback):
         return self.events[-1]
 
 
-# -- where it runs ---------------------------------------------------------------------------------
-@dataclass
-class _Runtime:
-    """What an analysis needs from its surroundings: a Trainer's strategy, or a single process."""
-
-    module: nn.Module
-    device: torch.device
-    transfer: Callable[[Any], Any]
-    strategy: Any = None
-    world_size: int = 1
-    rank: int = 0
-    loggers: list[Logger] = dataclasses.field(default_factory=list)
-    progress: bool = True
-    precision: str = ""
-
-    @classmethod
-    def of(
-        cls, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: bool | None
-    ) -> _Runtime:
-        strategy = trainer.strategy
-        if progress is None:
-            bar = trainer.progress_bar_callback
-            progress = bar is not None and bool(getattr(bar, "is_enabled", True))
-
-        def transfer(batch: Any) -> Any:
-            # Lightning >= 2.5 applies ``on_before_batch_transfer`` outside batch_to_device.
-            before = getattr(pl_module, "_on_before_batch_transfer", None)
-            if before is not None:
-                batch = before(batch, dataloader_idx=0)
-            return strategy.batch_to_device(batch)
-
-        return cls(
-            module=pl_module,
-            device=strategy.root_device,
-            transfer=transfer,
-            strategy=strategy,
-            world_size=trainer.world_size,
-            rank=trainer.global_rank,
-            loggers=list(trainer.loggers),
-            progress=progress,
-            precision=str(trainer.precision),
-        )
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def reduce_sum(self) -> Callable[[Tensor], Tensor] | None:
-        if self.world_size == 1:
-            return None
-        return lambda t: self.strategy.reduce(t, reduce_op="sum")
-
-    def agree(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on every rank; if it fails on any rank, raise on every rank."""
-        try:
-            result, error = fn(), None
-        except Exception as err:
-            result, error = None, err
-        if self.world_size > 1 and not self.strategy.reduce_boolean_decision(
-            error is None, all=True
-        ):
-            raise error or RuntimeError(
-                "the influence analysis failed on another process (see its warning)"
-            )
-        if error is not None:
-            raise error
-        return result
-
-    @contextlib.contextmanager
-    def rank_zero_buffers(self) -> Iterator[None]:
-        """Every rank analyses with global zero's buffers (restored afterwards).
-
-        Under DDP each rank's BatchNorm running statistics drift apart between the buffer
-        broadcasts DDP makes at each forward; eigenpairs and scores must come from one model.
-        """
-        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
-        if self.world_size == 1 or not buffers:
-            yield
-            return
-        saved = [b.detach().clone() for b in buffers]
-        try:
-            with torch.no_grad():
-                if torch.distributed.is_available() and torch.distributed.is_initialized():
-                    for b in buffers:
-                        torch.distributed.broadcast(b, src=0)
-                else:  # a strategy without a torch.distributed process group
-                    values = self.strategy.broadcast([b.detach().cpu() for b in buffers])
-                    for b, value in zip(buffers, values, strict=True):
-                        b.copy_(value)
-            yield
-        finally:
-            with torch.no_grad():
-                for b, old in zip(buffers, saved, strict=True):
-                    b.copy_(old)
-
-    def gather(self, local: Tensor) -> Tensor:
-        """Concatenate equal-sized per-rank shards in rank order."""
-        if self.world_size == 1:
-            return local
-        gathered = self.strategy.all_gather(local.to(self.strategy.root_device))
-        return gathered.reshape(-1)
-
-
-def _score_shard(num_examples: int, world_size: int, rank: int) -> list[int]:
-    """Rank ``rank``'s contiguous block of dataset indices, padded to ``ceil(N / W)`` entries with
-    copies of the last index (the padding is dropped after the gather, like DistributedSampler's)."""
-    per_rank = math.ceil(num_examples / world_size)
-    start = min(rank * per_rank, num_examples)
-    block = list(range(start, min(start + per_rank, num_examples)))
-    return block + [num_examples - 1] * (per_rank - len(block))
-
-
-def _standalone_transfer(module: pl.LightningModule, device: torch.device) -> Callable[[Any], Any]:
-    def transfer(batch: Any) -> Any:
-        before = getattr(module, "_on_before_batch_transfer", None)
-        if before is not None:
-            batch = before(batch, dataloader_idx=0)
-        return module._apply_batch_transfer_handler(batch, device=device)
-
-    return transfer
-
-
 def _check_finite_losses(
     engine: ArnoldiInfluence, loader: DataLoader, epoch: int, step: int
 ) -> None:
@@ -749,24 +628,6 @@ def _check_finite_losses(
 def _default_root(trainer: pl.Trainer) -> Path:
     log_dir = trainer.log_dir
     return Path(log_dir if log_dir is not None else trainer.default_root_dir) / "influence"
-
-
-@contextlib.contextmanager
-def _preserved_rng_states() -> Iterator[None]:
-    """Restore the torch (CPU and CUDA), numpy and Python RNG states afterwards, so an analysis
-    never shifts the training run's random streams (DataLoader iterators draw from them)."""
-    torch_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    numpy_state = np.random.get_state()
-    python_state = random.getstate()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
 
 
 def _versions() -> dict[str, str]:
