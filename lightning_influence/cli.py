@@ -680,7 +680,7 @@ def _fit_engine(args: argparse.Namespace, loaded: _Loaded) -> tuple[Any, Any, An
     """
     from torch.utils.data import DataLoader, Subset
 
-    from lightning_influence.callback import _standalone_transfer
+    from lightning_influence._runtime import standalone_transfer
     from lightning_influence.influence import ArnoldiInfluence
 
     loss_fn = _resolve_loss(args.loss, loaded.model)
@@ -700,7 +700,7 @@ def _fit_engine(args: argparse.Namespace, loaded: _Loaded) -> tuple[Any, Any, An
         callback._resolve_loss(model),
         params=callback.params,
         config=callback.config,
-        transfer_batch=_standalone_transfer(model, device),
+        transfer_batch=standalone_transfer(model, device),
     )
     _say(args, f"Arnoldi: {args.n_iters} HVPs on {len(hvp)} of {len(dataset)} training examples")
     with torch.inference_mode(False):
