@@ -187,6 +187,9 @@ def _common_parser() -> argparse.ArgumentParser:
         "--device", metavar="DEVICE", help="where to compute (default: cuda if available, else cpu)"
     )
     engine.add_argument("--no-progress", action="store_true", help="no progress bars")
+    engine.add_argument(
+        "--debug", action="store_true", help="show the full traceback when the analysis fails"
+    )
     return common
 
 
@@ -542,6 +545,7 @@ def load(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> _Loaded:
             "no LightningDataModule: pass --data package.module.Class (or --config with "
             "data.class_path); its train_dataloader() gives the training examples"
         )
+    _say(args, f"loading {ckpt}" if ckpt else "no checkpoint given")
     checkpoint = _load_checkpoint(ckpt)
     model_cls = import_class(model_spec.class_path, "--model", pl.LightningModule)
     data_cls = import_class(data_spec.class_path, "--data", pl.LightningDataModule)
@@ -659,11 +663,14 @@ def _callback(args: argparse.Namespace, loss_fn: Callable | None) -> Any:
 def _device(args: argparse.Namespace) -> torch.device:
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise CLIError(
             f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
         ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available here; pass --device cpu")
+    return device
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -959,3 +966,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split())
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # A failure inside the analysis (a loss that does not fit the batches, NaN losses, ...):
+        # one line by default, the traceback with --debug.
+        if args.debug:
+            raise
+        message = " ".join(str(err).split())
+        print(
+            f"{PROG} {args.command}: error: the analysis failed with {type(err).__name__}: "
+            f"{message} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -254,6 +254,40 @@ def test_explain_errors(run, capsys, monkeypatch):
     )
 
 
+def test_analysis_failure_is_one_line_exit_1_and_debug_raises(run, capsys):
+    # mse_loss on class-index targets: the loss does not fit the batches.
+    argv = ["spectrum", "--ckpt", run["ckpt"], *MODEL, "--loss", "mse", *FLAGS]
+    assert cli(*argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lightning-influence spectrum: error: the analysis failed with ")
+    assert err.endswith("(--debug shows the traceback)") and "\n" not in err
+    with pytest.raises(RuntimeError):
+        cli(*argv, "--debug")
+
+
+def test_config_with_a_fit_section_and_init_args_only(run, tmp_path, capsys):
+    # LightningCLI(TinyClassifier) writes the module's init arguments directly under model:.
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "fit": {
+                    "model": {"hidden": 8},
+                    "data": {
+                        "class_path": "tests.cli_models.TinyData",
+                        "init_args": {"image": True},
+                    },
+                    "ckpt_path": str(run["ckpt"]),
+                }
+            }
+        )
+    )
+    argv = ["spectrum", "--config", config, "--model", "tests.cli_models.TinyClassifier"]
+    assert cli(*argv, "--loss", "cross_entropy", *FLAGS) == 0
+    first = capsys.readouterr().out.splitlines()[1].split()
+    assert float(first[1]) == pytest.approx(run["event"].eigenvalues[0].item(), rel=1e-5)
+
+
 def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["score", "--n-iters", "zero"])
