@@ -770,7 +770,8 @@ def _explain(args: argparse.Namespace, loaded: _Loaded) -> int:
 
     if args.image is not None:
         _require_matplotlib("--image")
-    engine, train_loader, callback = _fit_engine(args, loaded)
+    # Check the chosen examples before the (long) fit.
+    callback = _callback(args, _resolve_loss(args.loss, loaded.model))
     split_loader = _dataloader(loaded.datamodule, args.split)
     split_data, collate_fn, batch_size = _loader_parts(callback, split_loader)
     size = len(split_data)
@@ -780,6 +781,7 @@ def _explain(args: argparse.Namespace, loaded: _Loaded) -> int:
             f"--examples {' '.join(map(str, bad))}: out of range for the {args.split} split, "
             f"which has {size} examples (indices 0..{size - 1})"
         )
+    engine, train_loader, _ = _fit_engine(args, loaded)
     test_loader = DataLoader(
         Subset(split_data, args.examples),
         batch_size=batch_size,
