@@ -108,7 +108,10 @@ def test_score_default_folder_and_lightningcli_config(run, capsys):
 
 def test_influence_loss_method_is_used_by_default(run, tmp_path):
     model = ["--model", "tests.cli_models.WithInfluenceLoss", "--data", "tests.cli_models.TinyData"]
-    assert cli("score", "--ckpt", run["ckpt"], *model, *FLAGS, "--out", tmp_path) == 0
+    tensorboard = tmp_path / "tb"
+    argv = ["--out", tmp_path, "--tensorboard", tensorboard]
+    assert cli("score", "--ckpt", run["ckpt"], *model, *FLAGS, *argv) == 0
+    assert list(tensorboard.glob("influence/version_0/events.out.tfevents.*"))
     event = read_event(tmp_path / run["event"].name)
     torch.testing.assert_close(
         event.self_influence, run["event"].self_influence, rtol=1e-6, atol=1e-9
