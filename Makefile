@@ -19,6 +19,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# torch-xla needs its own torch (see README "TPU / XLA"): the script builds that environment once
+# in ~/.cache/lightning-influence and runs the tests marked `xla` on the PJRT CPU device.
+test-xla:
+	bash scripts/test_xla.sh
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

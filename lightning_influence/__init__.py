@@ -21,11 +21,16 @@ from lightning_influence.scores import inverse_eigenvalues
 __version__ = "0.1.0.dev0"
 
 if TYPE_CHECKING:
+    from lightning_influence.callback import InfluenceCallback
     from lightning_influence.datamodule import InfluenceDataModule
 
 
 def __getattr__(name: str) -> Any:
     # The Lightning layer is imported on first use: the engine works without importing Lightning.
+    if name == "InfluenceCallback":
+        from lightning_influence.callback import InfluenceCallback
+
+        return InfluenceCallback
     if name == "InfluenceDataModule":
         from lightning_influence.datamodule import InfluenceDataModule
 
@@ -38,6 +43,7 @@ __all__ = [
     "ArnoldiInfluence",
     "ArnoldiResult",
     "Eigenpairs",
+    "InfluenceCallback",
     "InfluenceDataModule",
     "RandomProjectionConfig",
     "RandomProjectionInfluence",

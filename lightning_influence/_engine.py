@@ -195,7 +195,9 @@ class ProjectedInfluence(EngineBase):
     def _choose_projection(self, f, params, batch, directions: Tensor) -> str:
         """Time both routes on a slice of the first batch; keep the faster (``projection='auto'``)."""
         if self.device.type == "xla":
-            return "grad"  # reverse mode only: forward mode is unreliable on torch-xla 2.9
+            # Reverse mode only: torch-xla 2.9 gets forward mode wrong for some losses
+            # (F.cross_entropy with reduction='mean').
+            return "grad"
         probe = _batch.slice_batch(batch, 0, min(16, _batch.batch_size(batch)))
         seconds = {}
         for mode in ("grad", "jvp"):
@@ -207,6 +209,13 @@ class ProjectedInfluence(EngineBase):
                 if repeat:
                     seconds[mode] = time.perf_counter() - start
         return min(seconds, key=seconds.__getitem__)
+
+    def _settle_projection(self, f, params, batch: Any, directions: Tensor) -> None:
+        """Fix the projection route at fit time (saved in ``state_dict``): scores are reproducible."""
+        if self.config.projection != "auto":
+            self.projection_mode_ = self.config.projection
+        else:
+            self.projection_mode_ = self._choose_projection(f, params, batch, directions)
 
     def project(self, loader: Iterable[Any], *, desc: str = "Projecting") -> Tensor:
         """``[N, k]`` projected gradients ``<e_i, g_x>`` of every example, in loader order (CPU)."""
@@ -272,6 +281,9 @@ class ProjectedInfluence(EngineBase):
             "param_shapes": [list(s) for s in self.space.shapes],
             "eigenvalues": lam.detach().cpu(),
             "directions": directions.detach().cpu(),
+            # The route chosen by projection="auto" travels too, so that a reloaded engine
+            # reproduces the scores bit for bit.
+            "projection_mode": self.projection_mode_,
         }
 
     def _load_base_state(self, state: dict[str, Any]) -> None:
@@ -289,6 +301,10 @@ class ProjectedInfluence(EngineBase):
             raise ValueError("state_dict directions and eigenvalues have inconsistent shapes")
         self.directions = directions.to(self._directions_device())
         self.eigenvalues_ = state["eigenvalues"].to(torch.float64)
+        if self.config.projection == "auto":
+            self.projection_mode_ = state.get("projection_mode")
+        else:
+            self.projection_mode_ = self.config.projection
 
     def _directions_device(self) -> torch.device:
         return self.device

@@ -88,7 +88,7 @@ def arnoldi(
     basis_dtype: torch.dtype | None = None,
     breakdown_tol: float | None = None,
     on_iteration: Callable[[int], None] | None = None,
-    graph_cut: Callable[[], None] | None = None,
+    graph_cut: Callable[[list[Tensor]], None] | None = None,
 ) -> ArnoldiResult:
     """Build an orthonormal basis of the Krylov space ``span{q, Aq, ..., A^(n-1) q}``.
 
@@ -107,8 +107,9 @@ def arnoldi(
             in at least float32.
         breakdown_tol: relative breakdown threshold (default ``1000 * eps`` of the work dtype).
         on_iteration: called after every iteration with its index (progress bars).
-        graph_cut: called once per iteration before the host reads the new norm; on XLA,
-            ``torch_xla.sync`` so that every iteration runs the same compiled graph once.
+        graph_cut: called once per iteration, before the host reads the new norms, with the
+            tensors the loop carries on (basis, Hessenberg matrix, next vector, norms); on XLA it
+            materializes exactly those, so that every iteration runs one compiled graph once.
 
     Returns:
         ArnoldiResult.
@@ -157,9 +158,10 @@ def arnoldi(
         basis.index_copy_(
             0, torch.tensor([k + 1], device=bdevice), next_q.to(bdtype).reshape(1, -1)
         )
+        norms = torch.stack([beta, w_norm])  # in the iteration's graph: no graph of its own
         if graph_cut is not None:
-            graph_cut()
-        beta_val, w_norm_val = torch.stack([beta, w_norm]).tolist()  # the one host sync
+            graph_cut([basis, hess, next_q, norms])
+        beta_val, w_norm_val = norms.tolist()  # the one host sync
         if on_iteration is not None:
             on_iteration(k)
         if not (math.isfinite(beta_val) and math.isfinite(w_norm_val)):
@@ -219,8 +221,9 @@ def distill(
             vectors += coeffs[:, start : start + 64] @ basis[start : start + 64].to(work)
     vectors = vectors / vectors.norm(dim=1, keepdim=True)
     pivot = vectors.abs().argmax(dim=1)
-    signs = torch.sign(vectors.gather(1, pivot[:, None]))
-    signs[signs == 0] = 1
+    pivot_values = vectors.gather(1, pivot[:, None])
+    # torch.where, not masked assignment: no data-dependent shape (a CPU fallback on XLA).
+    signs = torch.where(pivot_values < 0, -1.0, 1.0).to(vectors.dtype)
     vectors = vectors * signs
     if out_dtype is not None:
         vectors = vectors.to(out_dtype)

@@ -120,16 +120,18 @@ class RandomProjectionInfluence(ProjectedInfluence):
                 )
             projected = (sketch @ hg.T).to("cpu", torch.float64)
             projected = (projected + projected.T) / 2
-        mu, u = torch.linalg.eigh(projected)
-        order = torch.sort(mu.abs(), descending=True, stable=True).indices
-        mu, u = mu[order], u[:, order]
-        self.sketch = sketch
-        self.projected_hessian = projected
-        self.directions = u.T.to(device, dtype) @ sketch
+            mu, u = torch.linalg.eigh(projected)
+            order = torch.sort(mu.abs(), descending=True, stable=True).indices
+            mu, u = mu[order], u[:, order]
+            self.sketch = sketch
+            self.projected_hessian = projected
+            self.directions = u.T.to(device, dtype) @ sketch
+            self._settle_projection(f, params, batches[0], self.directions)
         self.eigenvalues_ = mu
         return self
 
     def state_dict(self) -> dict[str, Any]:
+        """Directions ``U^T G``, eigenvalues ``mu``, the parameter layout and the config."""
         return self._base_state()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ __all__ = ["ArnoldiInfluence"]
 _FORMAT_VERSION = 1
 
 
-def _graph_cut(device: torch.device) -> Callable[[], None] | None:
+def _graph_cut(device: torch.device) -> Callable[[list[Tensor]], None] | None:
     if device.type != "xla":
         return None
     from lightning_influence import _xla
@@ -140,11 +140,12 @@ class ArnoldiInfluence(ProjectedInfluence):
             device = self.device
             mode = resolve_hvp_mode(cfg.hvp_mode, device)
 
-            cached, count = [], 0
+            cached, count, first = [], 0, None
             for i, batch in enumerate(self._batches(loader, "HVP sample")):
                 with torch.no_grad():
                     self._check_losses(f(params, batch), batch, i, "HVP sample")
                 count += _batch.batch_size(batch)
+                first = batch if first is None else first
                 if cfg.cache_batches:
                     cached.append(batch)
             if reduce_fn is not None:
@@ -181,6 +182,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             finally:
                 bar.close()
             pairs = distill(result, cfg.top_k)
+            self._settle_projection(f, params, first, pairs.eigenvectors)
             sync_device(device)
 
         if result.iterations < cfg.top_k:
@@ -222,7 +224,6 @@ class ArnoldiInfluence(ProjectedInfluence):
         self._load_base_state(state)
         self.residuals_ = state.get("residuals")
         self.fit_stats = dict(state.get("fit_stats", {}))
-        self.projection_mode_ = None if self.config.projection == "auto" else self.config.projection
 
 
 class _Reiterable:

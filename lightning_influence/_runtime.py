@@ -1,0 +1,165 @@
+"""Where an analysis runs: a Trainer's strategy (one or many processes) or a single process.
+
+The callback's analysis needs a few things from its surroundings: how batches reach the device,
+how processes sum, gather, broadcast and agree, which loggers to feed, and whether to show progress.
+``Runtime`` gathers them, so that the analysis itself is written once for ``trainer.fit``,
+on-demand calls and saved checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import Logger
+from torch import Tensor, nn
+
+__all__: list[str] = []
+
+
+@dataclass
+class Runtime:
+    """What an analysis needs from its surroundings: a Trainer's strategy, or a single process."""
+
+    module: nn.Module
+    device: torch.device
+    transfer: Callable[[Any], Any]
+    strategy: Any = None
+    world_size: int = 1
+    rank: int = 0
+    loggers: list[Logger] = dataclasses.field(default_factory=list)
+    progress: bool = True
+    precision: str = ""
+
+    @classmethod
+    def of(
+        cls, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: bool | None
+    ) -> Runtime:
+        strategy = trainer.strategy
+        if progress is None:
+            bar = trainer.progress_bar_callback
+            progress = bar is not None and bool(getattr(bar, "is_enabled", True))
+
+        def transfer(batch: Any) -> Any:
+            # Lightning >= 2.5 applies ``on_before_batch_transfer`` outside batch_to_device.
+            before = getattr(pl_module, "_on_before_batch_transfer", None)
+            if before is not None:
+                batch = before(batch, dataloader_idx=0)
+            return strategy.batch_to_device(batch)
+
+        return cls(
+            module=pl_module,
+            device=strategy.root_device,
+            transfer=transfer,
+            strategy=strategy,
+            world_size=trainer.world_size,
+            rank=trainer.global_rank,
+            loggers=list(trainer.loggers),
+            progress=progress,
+            precision=str(trainer.precision),
+        )
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def reduce_sum(self) -> Callable[[Tensor], Tensor] | None:
+        if self.world_size == 1:
+            return None
+        return lambda t: self.strategy.reduce(t, reduce_op="sum")
+
+    def agree(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on every rank; if it fails on any rank, raise on every rank."""
+        try:
+            result, error = fn(), None
+        except Exception as err:
+            result, error = None, err
+        if self.world_size > 1 and not self.strategy.reduce_boolean_decision(
+            error is None, all=True
+        ):
+            raise error or RuntimeError(
+                "the influence analysis failed on another process (see its warning)"
+            )
+        if error is not None:
+            raise error
+        return result
+
+    @contextlib.contextmanager
+    def rank_zero_buffers(self) -> Iterator[None]:
+        """Every rank analyses with global zero's buffers (restored afterwards).
+
+        Under DDP each rank's BatchNorm running statistics drift apart between the buffer
+        broadcasts DDP makes at each forward; eigenpairs and scores must come from one model.
+        """
+        buffers = [b for b in self.module.buffers() if b.is_floating_point()]
+        if self.world_size == 1 or not buffers:
+            yield
+            return
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            with torch.no_grad():
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    for b in buffers:
+                        torch.distributed.broadcast(b, src=0)
+                else:  # a strategy without a torch.distributed process group
+                    values = self.strategy.broadcast([b.detach().cpu() for b in buffers])
+                    for b, value in zip(buffers, values, strict=True):
+                        b.copy_(value)
+            yield
+        finally:
+            with torch.no_grad():
+                for b, old in zip(buffers, saved, strict=True):
+                    b.copy_(old)
+
+    def gather(self, local: Tensor) -> Tensor:
+        """Concatenate equal-sized per-rank shards in rank order."""
+        if self.world_size == 1:
+            return local
+        gathered = self.strategy.all_gather(local.to(self.strategy.root_device))
+        return gathered.reshape(-1)
+
+
+def score_shard(num_examples: int, world_size: int, rank: int) -> list[int]:
+    """Rank ``rank``'s contiguous block of dataset indices, padded to ``ceil(N / W)`` entries with
+    copies of the last index (the padding is dropped after the gather, like DistributedSampler's)."""
+    per_rank = math.ceil(num_examples / world_size)
+    start = min(rank * per_rank, num_examples)
+    block = list(range(start, min(start + per_rank, num_examples)))
+    return block + [num_examples - 1] * (per_rank - len(block))
+
+
+def standalone_transfer(module: pl.LightningModule, device: torch.device) -> Callable[[Any], Any]:
+    def transfer(batch: Any) -> Any:
+        before = getattr(module, "_on_before_batch_transfer", None)
+        if before is not None:
+            batch = before(batch, dataloader_idx=0)
+        return module._apply_batch_transfer_handler(batch, device=device)
+
+    return transfer
+
+
+@contextlib.contextmanager
+def preserved_rng_states() -> Iterator[None]:
+    """Restore the torch (CPU and CUDA), numpy and Python RNG states afterwards, so an analysis
+    never shifts the training run's random streams (DataLoader iterators draw from them)."""
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)

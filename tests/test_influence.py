@@ -1,0 +1,323 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Dense, cross_entropy, make_data, make_mlp
+from sklearn.datasets import load_breast_cancer
+from torch import nn
+
+from lightning_influence import ArnoldiInfluence
+from lightning_influence.scores import inverse_eigenvalues
+
+# The MLP's Hessian has a null space (shifting every logit alike changes nothing), so a full
+# Krylov space is smaller than P; K = the number of eigenpairs compared.
+K = 30
+
+
+def _fit(model, batches, **kwargs):
+    kwargs = {"n_iters": 80, "top_k": K, "progress": False, **kwargs}
+    return ArnoldiInfluence(model, cross_entropy, **kwargs).fit(batches)
+
+
+@pytest.mark.parametrize("policy", ["abs", "signed", "positive"])
+def test_exact_against_dense_hessian(policy):
+    model = make_mlp()
+    x, y, batches = make_data()
+    dense = Dense(model, x, y)
+    engine = _fit(model, batches, eigenvalue_policy=policy)
+    ref_vals, ref_vecs = dense.top_eigenpairs(K)
+    assert engine.fit_stats["breakdown"]  # n_iters > P: the Krylov space was exhausted
+    torch.testing.assert_close(engine.eigenvalues, ref_vals, rtol=1e-8, atol=1e-12)
+    assert engine.relative_residuals.max() < 1e-8
+
+    w = inverse_eigenvalues(ref_vals, policy)
+    proj = dense.gradients(x, y) @ ref_vecs
+    torch.testing.assert_close(
+        engine.self_influence(batches), (proj.square() * w).sum(1), rtol=1e-8, atol=1e-12
+    )
+    xt, yt, test_batches = make_data(n=6, seed=7, batch=4)
+    proj_t = dense.gradients(xt, yt) @ ref_vecs
+    torch.testing.assert_close(
+        engine.influence(batches, test_batches), (proj_t * w) @ proj.T, rtol=1e-8, atol=1e-12
+    )
+
+
+def test_projection_routes_and_hvp_modes_agree():
+    model = make_mlp()
+    _, _, batches = make_data()
+    a = _fit(model, batches, hvp_mode="fwd-rev", projection="jvp")
+    b = _fit(model, batches, hvp_mode="rev-rev", projection="grad")
+    torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(
+        a.self_influence(batches), b.self_influence(batches), rtol=1e-8, atol=1e-12
+    )
+    auto = _fit(model, batches)
+    auto.self_influence(batches)
+    assert auto.projection_mode_ in ("jvp", "grad")
+
+
+def test_top_influences_are_the_extremes_of_the_matrix():
+    model = make_mlp()
+    _, _, batches = make_data()
+    engine = _fit(model, batches)
+    test = batches[:1]
+    matrix = engine.influence(batches, test)
+    top = engine.top_influences(batches, test, k=3)
+    assert top.proponents.shape == (10, 3)
+    torch.testing.assert_close(top.proponent_scores, matrix.gather(1, top.proponents))
+    torch.testing.assert_close(top.opponent_scores[:, 0], matrix.min(dim=1).values)
+    assert (top.proponent_scores[:, 0] == matrix.max(dim=1).values).all()
+
+
+def test_state_dict_round_trip_gives_identical_scores(tmp_path):
+    model = make_mlp()
+    _, _, batches = make_data()
+    engine = _fit(model, batches, top_k=10, eigenvalue_policy="signed")
+    path = tmp_path / "eigen.pt"
+    torch.save(engine.state_dict(), path)
+    fresh = ArnoldiInfluence(model, cross_entropy, progress=False)
+    fresh.load_state_dict(torch.load(path))
+    assert fresh.config.top_k == 10 and fresh.config.eigenvalue_policy == "signed"
+    assert torch.equal(fresh.self_influence(batches), engine.self_influence(batches))
+    assert torch.equal(fresh.ritz_residuals, engine.ritz_residuals)
+
+
+def test_state_dict_for_another_model_is_refused():
+    _, _, batches = make_data()
+    engine = _fit(make_mlp(), batches, top_k=5)
+    other = ArnoldiInfluence(make_mlp(hidden=6), cross_entropy, progress=False)
+    with pytest.raises(ValueError, match="other parameters"):
+        other.load_state_dict(engine.state_dict())
+
+
+def test_parameter_subset_equals_dense_hessian_block():
+    model = make_mlp()
+    x, y, batches = make_data()
+    engine = _fit(model, batches, params=["2"], n_iters=40, top_k=12)
+    h = Dense(model, x, y).hessian()
+    last = slice(h.shape[0] - 18, h.shape[0])  # 2.weight (15) + 2.bias (3)
+    evals = torch.linalg.eigvalsh(h[last, last])
+    evals = evals[torch.sort(evals.abs(), descending=True, stable=True).indices]
+    torch.testing.assert_close(engine.eigenvalues, evals[:12], rtol=1e-8, atol=1e-12)
+
+
+def test_float32_model_is_analysed_in_float32_and_modes_are_restored():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3)
+    )
+    model.train()
+    model[1].eval()  # a submodule kept in eval mode by the user must stay so
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    running = model[1].running_mean.clone()
+    with torch.inference_mode():  # hooks may run under inference mode; the engine owns its context
+        engine = ArnoldiInfluence(model, cross_entropy, n_iters=20, top_k=5, progress=False).fit(
+            batches
+        )
+        scores = engine.self_influence(batches)
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all() and (scores >= 0).all()
+    assert model.training and not model[1].training and model[2].training
+    assert torch.equal(model[1].running_mean, running)  # eval mode: running stats untouched
+    with torch.no_grad():
+        again = engine.self_influence(batches)
+    torch.testing.assert_close(again, scores)
+
+
+def test_bfloat16_model_is_analysed_in_float32():
+    model = make_mlp().to(torch.bfloat16)
+    _, _, batches = make_data()
+    batches = [(x.to(torch.bfloat16), y) for x, y in batches]
+    engine = ArnoldiInfluence(model, cross_entropy, n_iters=10, top_k=3, progress=False).fit(
+        batches
+    )
+    assert engine.compute_dtype == torch.float32 and engine.eigenvectors.dtype == torch.float32
+    assert torch.isfinite(engine.self_influence(batches)).all()
+
+
+def test_basis_offload_and_low_precision_storage():
+    model = make_mlp().float()
+    _, _, batches = make_data()
+    batches = [(x.float(), y) for x, y in batches]
+    ref = ArnoldiInfluence(model, cross_entropy, n_iters=25, top_k=5, progress=False).fit(batches)
+    low = ArnoldiInfluence(
+        model,
+        cross_entropy,
+        n_iters=25,
+        top_k=5,
+        progress=False,
+        basis_device="cpu",
+        basis_dtype="bfloat16",
+    ).fit(batches)
+    torch.testing.assert_close(low.eigenvalues, ref.eigenvalues, rtol=3e-2, atol=0)
+
+
+def test_same_seed_same_result_other_seed_same_converged_top():
+    model = make_mlp()
+    _, _, batches = make_data()
+    a, b = _fit(model, batches, top_k=5), _fit(model, batches, top_k=5)
+    assert torch.equal(a.eigenvalues, b.eigenvalues) and torch.equal(a.eigenvectors, b.eigenvectors)
+    c = _fit(model, batches, top_k=5, seed=1)
+    torch.testing.assert_close(a.eigenvalues, c.eigenvalues, rtol=1e-8, atol=0)
+
+
+# ---- leave-one-out retraining: predicted vs actual change of the test loss -----------------------
+
+L2 = 3e-2
+
+
+def _logreg_data():
+    data = load_breast_cancer()
+    x = torch.tensor(data.data, dtype=torch.float64)
+    x = (x - x.mean(0)) / x.std(0)
+    y = torch.tensor(data.target, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    train, test = perm[:300], perm[300:]
+    return x[train], y[train], x[test], y[test]
+
+
+class LogReg(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d, 1).double()
+
+    def forward(self, x):
+        return self.linear(x).squeeze(-1)
+
+
+def _data_losses(model, batch):
+    x, y = batch
+    return F.binary_cross_entropy_with_logits(model(x), y, reduction="none")
+
+
+def _example_losses(model, batch):
+    return _data_losses(model, batch) + 0.5 * L2 * model.linear.weight.square().sum()
+
+
+def _newton(x, y, init=None):
+    """The L2-regularized logistic regression fitted to machine precision (Newton's method)."""
+    d = x.shape[1]
+    theta = torch.zeros(d + 1, dtype=torch.float64)
+    if init is not None:
+        theta = torch.cat([init.linear.weight.detach().reshape(-1), init.linear.bias.detach()])
+
+    def objective(t):
+        logits = x @ t[:d] + t[d]
+        data = F.binary_cross_entropy_with_logits(logits, y)
+        return data + 0.5 * L2 * t[:d].square().sum()
+
+    for _ in range(50):
+        g = torch.autograd.functional.jacobian(objective, theta)
+        if g.norm() < 1e-12:
+            break
+        theta = theta - torch.linalg.solve(torch.autograd.functional.hessian(objective, theta), g)
+    model = LogReg(d)
+    with torch.no_grad():
+        model.linear.weight.copy_(theta[:d].view(1, d))
+        model.linear.bias.copy_(theta[d:])
+    return model
+
+
+def _test_loss(model, x, y):
+    with torch.no_grad():
+        return F.binary_cross_entropy_with_logits(model(x), y, reduction="sum").item()
+
+
+def test_leave_one_out_retraining_matches_predicted_influence():
+    x, y, xt, yt = _logreg_data()
+    model = _newton(x, y)
+    train = [(x[i : i + 100], y[i : i + 100]) for i in range(0, len(y), 100)]
+    engine = ArnoldiInfluence(model, _example_losses, n_iters=60, top_k=31, progress=False).fit(
+        train
+    )
+    assert engine.fit_stats["iterations"] == 31  # P = 31: the whole Hessian
+    # The regularizer belongs to the training objective (and so to H), not to the test loss:
+    # score with the data loss alone, reusing the fitted eigenpairs.
+    scorer = ArnoldiInfluence(model, _data_losses, progress=False)
+    scorer.load_state_dict(engine.state_dict())
+    # I(x, z) ~ <g_z, H^-1 g_x>; removing x moves the test loss by about I / (n - 1).
+    predicted = scorer.influence(train, [(xt, yt)]).sum(0) / (len(y) - 1)
+
+    chosen = predicted.abs().argsort(descending=True)[:40]
+    base = _test_loss(model, xt, yt)
+    actual = []
+    for i in chosen.tolist():
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[i] = False
+        retrained = _newton(x[keep], y[keep], init=model)
+        actual.append(_test_loss(retrained, xt, yt) - base)
+    predicted, actual = predicted[chosen].numpy(), np.array(actual)
+    pearson = np.corrcoef(predicted, actual)[0, 1]
+    assert pearson >= 0.95, pearson
+    slope = np.polyfit(predicted, actual, 1)[0]
+    assert 0.8 < slope < 1.25, slope  # the right scale, not only the right ranking
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+
+def test_bad_input_errors():
+    model = make_mlp()
+    _, _, batches = make_data()
+
+    def scalar_loss(m, b):
+        return cross_entropy(m, b).mean()
+
+    with pytest.raises(
+        ValueError, match=r"shape \(\) for a batch of 10 examples.*reduction='none'"
+    ):
+        ArnoldiInfluence(model, scalar_loss, n_iters=3, top_k=2, progress=False).fit(batches)
+    with pytest.raises(ValueError, match=r"shape \(9,\) for a batch of 10"):
+        ArnoldiInfluence(
+            model, lambda m, b: cross_entropy(m, b)[1:], n_iters=3, top_k=2, progress=False
+        ).fit(batches)
+    with pytest.raises(TypeError, match="must return a Tensor"):
+        ArnoldiInfluence(model, lambda m, b: 1.0, n_iters=3, top_k=2, progress=False).fit(batches)
+    with pytest.raises(ValueError, match="yielded no batches"):
+        ArnoldiInfluence(model, cross_entropy, n_iters=3, top_k=2, progress=False).fit([])
+    with pytest.raises(ValueError, match="top_k=300 exceeds n_iters=200"):
+        ArnoldiInfluence(model, cross_entropy, top_k=300)
+    with pytest.raises(ValueError, match="projection='fast'"):
+        ArnoldiInfluence(model, cross_entropy, projection="fast")
+    with pytest.raises(ValueError, match="damping > 0"):
+        ArnoldiInfluence(model, cross_entropy, eigenvalue_policy="damped")
+    with pytest.raises(ValueError, match="basis_dtype='half-ish'"):
+        ArnoldiInfluence(model, cross_entropy, basis_dtype="half-ish")
+    with pytest.raises(ValueError, match="requires grad"):
+        ArnoldiInfluence(make_mlp().requires_grad_(False), cross_entropy)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        ArnoldiInfluence(model, cross_entropy, params=["encoder"])
+    with pytest.raises(RuntimeError, match=r"not fitted: call \.fit"):
+        ArnoldiInfluence(model, cross_entropy).self_influence(batches)
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        ArnoldiInfluence(model, "cross_entropy")  # type: ignore[arg-type]
+
+
+def test_non_finite_loss_names_the_batch():
+    model = make_mlp()
+    _, _, batches = make_data()
+    bad = list(batches)
+    xb = bad[2][0].clone()
+    xb[3, 0] = float("nan")
+    bad[2] = (xb, bad[2][1])
+    with pytest.raises(
+        FloatingPointError, match=r"batch 2 of the HVP sample loader \(positions \[3\]"
+    ):
+        ArnoldiInfluence(model, cross_entropy, n_iters=3, top_k=2, progress=False).fit(bad)
+
+
+def test_non_finite_hvp_names_the_batch():
+    # sqrt(|w x|) is finite at w x = 0 but its curvature there is infinite.
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1).double()
+
+    def loss(m, b):
+        return m(b).squeeze(-1).abs().sqrt()
+
+    batches = [torch.randn(4, 3, dtype=torch.float64) for _ in range(3)]
+    with torch.no_grad():
+        model.bias.zero_()
+    batches[1][2] = 0.0  # w x + b = 0 for this example
+    with pytest.raises(FloatingPointError, match="batch 1 of the HVP sample"):
+        ArnoldiInfluence(model, loss, n_iters=5, top_k=2, progress=False).fit(batches)
