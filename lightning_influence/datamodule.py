@@ -37,6 +37,7 @@ from torch.utils.data import (
 from typing_extensions import override
 
 from lightning_influence import pruning
+from lightning_influence.callback import InfluenceCallback
 from lightning_influence.results import ScoringEvent, _atomic_write, latest_event_dir, read_event
 from lightning_influence.sampler import InfluenceSampler, SamplingPlan
 
@@ -435,15 +436,9 @@ class InfluenceDataModule(pl.LightningDataModule):
         run.sort(key=lambda item: (item[1].global_step, item[1].epoch))
         return [("seed", e) for e in self.seed_events] + run
 
-    def _influence_callbacks(self) -> list[Any]:
+    def _influence_callbacks(self) -> list[InfluenceCallback]:
         trainer = self.trainer
         if trainer is None:
-            return []
-        try:
-            from lightning_influence.callback import InfluenceCallback
-        except ModuleNotFoundError as err:  # the callback lands on another branch
-            if err.name != "lightning_influence.callback":
-                raise
             return []
         return [c for c in trainer.callbacks if isinstance(c, InfluenceCallback)]
 
@@ -536,8 +531,9 @@ class InfluenceDataModule(pl.LightningDataModule):
             f"InfluenceDataModule: {message} from epoch {epoch} (scores: {event.name}, "
             f"combine={self.combine!r})"
         )
-        # `trainer.log_dir` is a collective under DDP: resolve the folder on every rank.
-        folder = self._plan_dir(source, event) if self.write_files else None
+        # `trainer.log_dir` is a collective under DDP: every rank asks, whatever the event.
+        log_dir = None if trainer is None else (trainer.log_dir or trainer.default_root_dir)
+        folder = self._plan_dir(source, event, log_dir) if self.write_files else None
         if trainer is None or not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
@@ -552,15 +548,13 @@ class InfluenceDataModule(pl.LightningDataModule):
             except OSError as err:
                 rank_zero_warn(f"InfluenceDataModule could not write the dropped indices: {err}")
 
-    def _plan_dir(self, source: str, event: ScoringEvent) -> Path | None:
+    def _plan_dir(self, source: str, event: ScoringEvent, log_dir: str | None) -> Path | None:
         if source != "seed" and event.directory is not None:
             return Path(event.directory)
-        trainer = self.trainer
-        root = None if trainer is None else (trainer.log_dir or trainer.default_root_dir)
-        if root is None:
+        if log_dir is None:
             return None
         # An earlier run's folder is left untouched: the plan goes under this run's log dir.
-        return Path(root) / "influence" / f"{event.name}-{source}"
+        return Path(log_dir) / "influence" / f"{event.name}-{source}"
 
     def _write_plan(self, folder: Path, scores: Tensor) -> None:
         plan = self._plan

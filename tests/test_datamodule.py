@@ -1,9 +1,10 @@
 """InfluenceDataModule through a real Trainer: drop, reweight, seeding, resume, DDP, hooks, errors.
 
 The first input feature of every example is its dataset index, so a model can record which
-examples it was trained on without the batches carrying anything extra. Until scores come from
-``InfluenceCallback``, a small callback feeds constructed scoring events (``add_event``), and
-events written by ``results.write_event`` seed fresh runs, as an earlier run's files would.
+examples it was trained on without the batches carrying anything extra. Scores come from the real
+``InfluenceCallback``, from a small callback that feeds constructed scoring events (``add_event``)
+so a test knows which examples must go, and from files written by ``results.write_event``, as an
+earlier run's would be.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lightning_influence import InfluenceDataModule
+from lightning_influence import InfluenceCallback, InfluenceDataModule
 from lightning_influence.results import ScoringEvent, write_event
 from lightning_influence.sampler import InfluenceSampler
 
@@ -109,6 +110,10 @@ class Recorder(pl.LightningModule):
         self.seen[self.current_epoch].extend(x[:, 0].long().tolist())
         return F.cross_entropy(self.layer(x[:, 1:]), y)
 
+    def influence_loss(self, batch):
+        x, y = batch
+        return F.cross_entropy(self.layer(x[:, 1:]), y, reduction="none")
+
     def validation_step(self, batch, batch_idx):
         self.val_batches[self.current_epoch] += 1
 
@@ -176,6 +181,24 @@ def test_drop_shrinks_next_epochs_to_the_kept_set(tmp_path):
     # validation still ran over the wrapped module's val loader in every (shorter) epoch
     assert model.val_batches == {0: 3, 1: 3, 2: 3}
     assert dm.datamodule is inner and inner.calls["train_dataloader"] == 1
+
+
+def test_prunes_by_the_influence_callbacks_scores(tmp_path):
+    callback = InfluenceCallback(
+        every_n_epochs=1, at_train_end=False, n_iters=12, top_k=6, hvp_samples=None
+    )
+    dm = InfluenceDataModule(ToyData(), fraction=0.25)
+    model = Recorder()
+    make_trainer(tmp_path, [callback], max_epochs=3).fit(model, datamodule=dm)
+    assert [e.epoch for e in callback.events] == [0, 1, 2]
+    assert sorted(model.seen[0]) == list(range(N))
+    for epoch, event in ((1, callback.events[0]), (2, callback.events[1])):
+        dropped = dropped_by(event.self_influence, 10)
+        assert sorted(model.seen[epoch]) == sorted(set(range(N)) - dropped)
+        # the dropped indices sit beside the scores they came from
+        rows = (Path(event.directory) / "dropped.csv").read_text().splitlines()[1:]
+        assert {int(r.split(",")[0]) for r in rows} == dropped
+    assert not (Path(callback.events[2].directory) / "dropped.csv").exists()  # no epoch after it
 
 
 def test_wrapped_hooks_loaders_and_attributes_still_used(tmp_path):
