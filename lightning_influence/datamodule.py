@@ -245,6 +245,16 @@ class InfluenceDataModule(pl.LightningDataModule):
         return self._wrapped
 
     @property
+    def keep_mask(self) -> Tensor | None:
+        """``[N]`` bool, the examples the current epoch trains on (drop mode, once pruning began)."""
+        return None if self._plan is None else self._plan.keep
+
+    @property
+    def weights(self) -> Tensor | None:
+        """``[N]`` float64 sampling weights (reweight mode, once reweighting began)."""
+        return None if self._plan is None else self._plan.weights
+
+    @property
     def trainer(self) -> pl.Trainer | None:
         return self.__dict__.get("_trainer")
 

@@ -14,6 +14,7 @@ flipped, the test accuracies, and where the TensorBoard logs are.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
 import warnings
@@ -187,7 +188,7 @@ def run_arm(arm: str, data: Digits, seed: int, args: argparse.Namespace) -> ArmR
             at_train_end=False,
             n_iters=args.n_iters,
             top_k=args.top_k,
-            hvp_samples=args.hvp_samples,
+            hvp_samples=args.hvp_samples or None,
             seed=seed,
             max_events=args.max_events,
         )
@@ -212,10 +213,9 @@ def run_arm(arm: str, data: Digits, seed: int, args: argparse.Namespace) -> ArmR
     trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start
     accuracy = trainer.test(model, datamodule=dm, verbose=False)[0]["test/accuracy"]
-    plan = dm._plan
     result = ArmResult(accuracy, seconds, log_dir=logger.log_dir)
-    if pruning and plan is not None and plan.keep is not None:
-        result.dropped = ~plan.keep
+    if pruning and dm.keep_mask is not None:
+        result.dropped = ~dm.keep_mask
     if influence is not None and influence.events:
         result.si_event = influence.events[0]
         result.eigenvalues = influence.latest_event.eigenvalues
@@ -245,9 +245,9 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     )
     parser.add_argument("--combine", choices=("latest", "mean"), default="latest")
     parser.add_argument("--max-events", type=int, default=None)
-    parser.add_argument("--n-iters", type=int, default=100)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--hvp-samples", type=int, default=None, help="None: whole train set")
+    parser.add_argument("--n-iters", type=int, default=50)
+    parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--hvp-samples", type=int, default=512, help="0: the whole train set")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -258,8 +258,12 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # Lightning's per-run banners (GPU/TPU availability, tips) would drown the report.
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
 
     results: dict[int, dict[str, ArmResult]] = {}
     for seed in args.seeds:

@@ -181,6 +181,8 @@ def test_drop_shrinks_next_epochs_to_the_kept_set(tmp_path):
     # validation still ran over the wrapped module's val loader in every (shorter) epoch
     assert model.val_batches == {0: 3, 1: 3, 2: 3}
     assert dm.datamodule is inner and inner.calls["train_dataloader"] == 1
+    assert set((~dm.keep_mask).nonzero().flatten().tolist()) == set(range(N)) - kept
+    assert dm.weights is None
 
 
 def test_prunes_by_the_influence_callbacks_scores(tmp_path):
