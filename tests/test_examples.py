@@ -23,7 +23,7 @@ def load_example(name: str) -> ModuleType:
 @pytest.fixture(autouse=True)
 def _forget_example_modules():
     yield
-    for name in ("explain_prediction", "tabular_dict_batches"):
+    for name in ("explain_prediction", "tabular_dict_batches", "noisy_labels"):
         sys.modules.pop(name, None)
 
 
@@ -51,3 +51,15 @@ def test_tabular_dict_batches(tmp_path, capsys):
     assert "labels flipped" in printed and "most self-influential" in printed
     assert "['epoch=0-step=15', 'epoch=1-step=30']" in printed
     assert "proponents:" in printed and "opponents:" in printed
+
+
+def test_noisy_labels(tmp_path, capsys):
+    example = load_example("noisy_labels")
+    example.main(
+        ["--epochs", "2", "--every-n-epochs", "1", "--n-iters", "6", "--top-k", "3",
+         "--logdir", str(tmp_path / "logs")]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "mean weight" in printed and "on flipped labels" in printed
+    assert "weights.csv" in printed
+    assert "dropped 251 from epoch 0" in printed
