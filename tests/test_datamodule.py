@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_influence import InfluenceCallback, InfluenceDataModule
-from lightning_influence.results import ScoringEvent, write_event
+from lightning_influence.results import ScoringEvent, read_event, write_event
 from lightning_influence.sampler import InfluenceSampler
 
 N = 40
@@ -405,6 +405,40 @@ def test_ddp_ranks_see_disjoint_shards_whose_union_is_the_kept_set(tmp_path):
         assert len(a) == len(b) == 14  # 28 kept, split evenly
         assert not set(a) & set(b)
         assert set(a) | set(b) == kept
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ddp_with_the_influence_callback(tmp_path):
+    record = tmp_path / "record"
+    record.mkdir()
+    callback = InfluenceCallback(
+        every_n_epochs=1, at_train_end=False, n_iters=10, top_k=5, hvp_samples=None
+    )
+    dm = InfluenceDataModule(ToyData(batch_size=4), fraction=0.3)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Recorder(record_dir=str(record)), datamodule=dm)
+    ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # the spawned processes' events are gone with them: read what global zero wrote
+    event = read_event(tmp_path / "influence" / "epoch=0-step=5")
+    dropped = dropped_by(event.self_influence, 12)
+    rows = (tmp_path / "influence" / "epoch=0-step=5" / "dropped.csv").read_text().splitlines()
+    assert {int(r.split(",")[0]) for r in rows[1:]} == dropped
+    a, b = ranks[0]["1"], ranks[1]["1"]
+    assert not set(a) & set(b)
+    assert set(a) | set(b) == set(range(N)) - dropped
 
 
 class Stream(IterableDataset):
