@@ -1,14 +1,16 @@
 """Demo: prune flipped labels while training, with InfluenceCallback and InfluenceDataModule.
 
-Run with ``python -m lightning_influence.demo`` (``--seeds 0 1 2`` for the 3-seed benchmark).
-A small CNN learns scikit-learn's digits (bundled, no download) with a fraction of the training
-labels flipped (20% by default). In the pruned run, ``InfluenceCallback`` scores every training
-example by self-influence at an intermediate epoch and ``InfluenceDataModule`` drops the most
-self-influential ``--fraction`` from the following epochs. The same model (same seed, same epochs,
-same data order until pruning) is also trained on the noisy labels without pruning, on the clean
-labels, and pruned by the per-example loss at the same epoch (the simple baseline). The report
-gives the top of the spectrum, precision and recall of the dropped set against the labels really
-flipped, the test accuracies, and where the TensorBoard logs are.
+Run with ``python -m lightning_influence.demo`` or ``lightning-influence-demo``; ``--seeds 0 1 2``
+runs the 3-seed benchmark. A small CNN learns scikit-learn's digits (bundled, no download) with a
+fraction of the training labels flipped (20% by default). In the pruned run, ``InfluenceCallback``
+scores every training example by self-influence every ``--score-every`` epochs (10: after epochs
+10, 20 and 30 of 30) and ``InfluenceDataModule`` drops the most self-influential ``--fraction``
+from the following epochs, by the newest scores (``--combine latest``). The same model (same seed,
+same epochs, same data order until pruning) is also trained on the noisy labels without pruning,
+on the clean labels, and pruned by the per-example loss at the same epochs (the simple baseline).
+The report gives the top of the spectrum, precision and recall of the dropped set against the
+labels really flipped, the test accuracies, the share of the accuracy lost to noise that pruning
+wins back, and where the TensorBoard logs are.
 """
 
 from __future__ import annotations
@@ -235,7 +237,8 @@ def top_precision_recall(scores: Tensor, flipped: Tensor, count: int) -> tuple[f
     return precision_recall(dropped, flipped)
 
 
-def main(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
+def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
+    """Parse ``argv``, train every arm for every seed, print the report; the results by seed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, default=0.2, help="fraction of labels flipped")
     parser.add_argument("--fraction", type=float, default=0.2, help="fraction of train dropped")
@@ -319,6 +322,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
         print(f"  target met on every seed: {'yes' if ok else 'no'}")
     print(f"\nTensorBoard: tensorboard --logdir {Path(args.logdir).resolve()}")
     return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``lightning-influence-demo``."""
+    run(argv)
 
 
 def _share(back: float, lost: float) -> str:

@@ -4,7 +4,7 @@ from lightning_influence import demo
 
 
 def test_demo_runs_every_arm_and_reports(tmp_path, capsys):
-    results = demo.main(
+    results = demo.run(
         [
             "--epochs", "2",
             "--score-every", "1",
