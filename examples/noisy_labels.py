@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{w[~flipped].mean():.3f} on the others; effective size "
         f"{float(w.sum() ** 2 / (w**2).sum()):.0f}; test accuracy {accuracy:.4f}"
     )
-    written = sorted(Path(trainer.log_dir, "influence").glob("*/weights.csv"))
-    print(f"the weights of the last epoch: {written[-1]}")
+    written = [Path(e.directory, "weights.csv") for e in callback.events]
+    print(f"the weights of the last epoch: {[p for p in written if p.exists()][-1]}")
 
     # 2. a fresh run seeded from the first run's score files, pruned from its first epoch
     seeded = InfluenceDataModule(
