@@ -371,8 +371,8 @@ class InfluenceDataModule(pl.LightningDataModule):
         else:
             raise TypeError(
                 f"{name}.train_dataloader() uses sampler={type(sampler).__name__}; "
-                "InfluenceDataModule replaces the sampler and supports shuffle=True or False "
-                "(reweight mode replaces a weighted sampler)"
+                "InfluenceDataModule replaces the sampler: build the DataLoader with shuffle=True "
+                "or False, and use mode='reweight' for weighted sampling"
             )
         self._size = len(dataset)  # type: ignore[arg-type]
         self.labels = self._resolve_labels(dataset)
