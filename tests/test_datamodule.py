@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, WeightedRandomSampler
 
 from lightning_influence import InfluenceCallback, InfluenceDataModule
 from lightning_influence.results import ScoringEvent, read_event, write_event
@@ -466,6 +466,14 @@ def test_bad_input_errors():
 
     with pytest.raises(TypeError, match="IterableDataset"):
         InfluenceDataModule(Streaming()).train_dataloader()
+
+    class Weighted(pl.LightningDataModule):
+        def train_dataloader(self):
+            sampler = WeightedRandomSampler(torch.ones(4), 4)
+            return DataLoader(TensorDataset(torch.zeros(4)), batch_size=2, sampler=sampler)
+
+    with pytest.raises(TypeError, match=r"sampler=WeightedRandomSampler.*mode='reweight'"):
+        InfluenceDataModule(Weighted()).train_dataloader()
 
 
 def test_scores_of_another_dataset_are_refused(tmp_path):
