@@ -44,6 +44,7 @@ from _common import (
     markdown_table,
     per_example_gradient_pass,
     set_threads,
+    tune_allocator,
     write_results,
 )
 
@@ -102,18 +103,25 @@ def train(model, x, y, epochs: int, lr: float, seed: int, n_checkpoints: int):
     return epoch_seconds, checkpoints[-n_checkpoints:], [lr] * min(n_checkpoints, len(checkpoints))
 
 
-REPEATS = 3  # scoring is timed as the best of this many runs (fits once: they are long)
+REPEATS = 5  # each scoring is timed this many times, each time right after a PEG pass
 
 
-def best_of(timer: Timer, name: str, run):
-    """Run ``run`` ``REPEATS`` times under ``timer(name)``; keep the fastest time and the result."""
-    best, best_wall, result = float("inf"), float("inf"), None
+def paired(timer: Timer, name: str, run, unit):
+    """Time ``run`` ``REPEATS`` times, each right after ``unit()`` (seconds of the reference pass).
+
+    Returns ``(result, ratio)``: ``ratio`` is the median of ``run / unit`` over the pairs, so a
+    change of load on the shared machine during the run hits both sides of each ratio alike.
+    ``timer.seconds[name]`` keeps the fastest run.
+    """
+    best, best_wall, ratios, result = float("inf"), float("inf"), [], None
     for _ in range(REPEATS):
+        reference = unit()
         with timer(name):
             result = run()
+        ratios.append(timer.seconds[name] / reference)
         best, best_wall = min(best, timer.seconds[name]), min(best_wall, timer.wall[name])
     timer.seconds[name], timer.wall[name] = best, best_wall
-    return result
+    return result, sorted(ratios)[len(ratios) // 2]
 
 
 def fresh(engine):
@@ -147,9 +155,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-iters", type=int, default=200)
     parser.add_argument("--checkpoints", type=int, default=5, help="TracIn's several checkpoints")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's mmap threshold alone"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (timing: see README)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    tune_allocator(not args.default_malloc)
     if args.quick:
         args.epochs, args.n_iters, args.num_train = 10, 100, 600
     name = "digits_quick" if args.quick else "digits"
@@ -174,7 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows, timer = [], Timer()
 
-    def add(method, p, fit_s, score_s, scores, **extra):
+    def peg() -> float:
+        return per_example_gradient_pass(model, cross_entropy_loss, loader)
+
+    def add(method, p, fit_s, score_s, scores, ratio, **extra):
         metrics = detection_metrics(scores, flipped)
         rows.append(
             {
@@ -184,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "score_s": score_s,
                 "fit/epoch": fit_s / epoch_s,
                 "score/epoch": score_s / epoch_s,
-                "score/peg": score_s / peg_s,
+                "score/peg": ratio,
                 "fit_wall_s": timer.wall.get("fit", 0.0) if fit_s else 0.0,
                 "score_wall_s": timer.wall["score"],
                 "AUC": 100 * metrics["auc"],
@@ -194,51 +209,57 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
 
-    with torch.no_grad():
-        losses = best_of(
-            timer, "score", lambda: torch.cat([cross_entropy_loss(model, b) for b in loader])
-        )
-    add("loss (baseline)", None, 0.0, timer.seconds["score"], losses)
+    def losses_pass():
+        with torch.no_grad():
+            return torch.cat([cross_entropy_loss(model, b) for b in loader])
 
-    hvp_s = None
+    losses, ratio = paired(timer, "score", losses_pass, peg)
+    add("loss (baseline)", None, 0.0, timer.seconds["score"], losses, ratio)
+
     for p in (10, 100):
         engine = ArnoldiInfluence(
             model, cross_entropy_loss, n_iters=args.n_iters, top_k=p, progress=False
         )
-        if hvp_s is None:
-            hvp_s = time_hvps(engine, loader, args.n_iters)
+        hvp_s = time_hvps(engine, loader, args.n_iters)  # right before the fit it is compared to
         with timer("fit"):
             engine.fit(loader)
-        scores = best_of(timer, "score", lambda e=engine: fresh(e).self_influence(loader))
+        scores, ratio = paired(
+            timer, "score", lambda e=engine: fresh(e).self_influence(loader), peg
+        )
         add(
             "Arnoldi",
             p,
             timer.seconds["fit"],
             timer.seconds["score"],
             scores,
+            ratio,
             n=args.n_iters,
             projection=engine.projection_mode_,
             **{"fit/hvps": timer.seconds["fit"] / hvp_s},
+            hvps_alone_s=hvp_s,
             engine_hvp_share=engine.fit_stats["hvp_seconds"] / engine.fit_stats["fit_seconds"],
             top_eigenvalues=engine.eigenvalues[:5].tolist(),
         )
         # The same eigenpairs scored again through per-example gradients, without the 'auto'
         # probe that times both projection routes on the first batch.
         engine.projection_mode_ = "grad"
-        scores = best_of(timer, "score", lambda e=engine: e.self_influence(loader))
-        add("Arnoldi, grad route, no probe", p, 0.0, timer.seconds["score"], scores)
+        scores, ratio = paired(timer, "score", lambda e=engine: e.self_influence(loader), peg)
+        add("Arnoldi, grad route, no probe", p, 0.0, timer.seconds["score"], scores, ratio)
 
     for p in (10, 100):
         engine = RandomProjectionInfluence(model, cross_entropy_loss, dim=p, progress=False)
         with timer("fit"):
             engine.fit(loader)
-        scores = best_of(timer, "score", lambda e=engine: fresh(e).self_influence(loader))
+        scores, ratio = paired(
+            timer, "score", lambda e=engine: fresh(e).self_influence(loader), peg
+        )
         add(
             "RandProj",
             p,
             timer.seconds["fit"],
             timer.seconds["score"],
             scores,
+            ratio,
             projection=engine.projection_mode_,
         )
 
@@ -247,8 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
         (f"TracIn[{len(checkpoints)}]", checkpoints, lrs),
     ):
         tracin = TracInInfluence(model, cross_entropy_loss, ckpts, rates, progress=False)
-        scores = best_of(timer, "score", lambda t=tracin: t.self_influence(loader))
-        add(label, None, 0.0, timer.seconds["score"], scores)
+        scores, ratio = paired(timer, "score", lambda t=tracin: t.self_influence(loader), peg)
+        add(label, None, 0.0, timer.seconds["score"], scores, ratio)
 
     arnoldi = {r["p"]: r for r in rows if r["method"] == "Arnoldi"}
     forced = {r["p"]: r for r in rows if r["method"].startswith("Arnoldi, grad")}
@@ -276,10 +297,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"and scoring over the {args.num_train} training examples, batches of 256.",
         "",
         f"Units measured in this run: one epoch = {epoch_s:.3f} s (median of {args.epochs}); one "
-        f"per-example-gradient pass (PEG) = {peg_s:.3f} s; {args.n_iters} HVPs alone = "
-        f"{hvp_s:.3f} s. Times are CPU seconds of this single-threaded process (wall seconds in "
-        f"the last columns); scoring times are the best of {REPEATS} runs, every 'auto' run "
-        "paying the projection probe again; fits and the HVPs alone are timed once.",
+        f"per-example-gradient pass (PEG) = {peg_s:.3f} s (best of {REPEATS + 2}); {args.n_iters} "
+        f"HVPs alone = {hvp_s:.3f} s. Times are CPU seconds of this single-threaded process "
+        f"(wall seconds in the last columns); scoring times are the best of {REPEATS} runs, "
+        f"every 'auto' run paying the projection probe again; score/peg is the median over "
+        f"{REPEATS} (PEG pass, scoring) pairs run back to back. Each fit is timed once, right "
+        f"after {args.n_iters} HVPs alone (fit/hvps).",
         "",
         markdown_table(rows, columns),
         "",
