@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+from lightning_influence.losses import cross_entropy_loss
 
 __all__ = [
     "DEFAULT_OUT",
@@ -38,11 +39,6 @@ __all__ = [
 ]
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def cross_entropy_loss(model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
-    """Per-example cross-entropy, the ``loss_fn`` contract of the engines."""
-    return F.cross_entropy(model(batch[0]), batch[1], reduction="none")
 
 
 def flip_labels(
