@@ -58,7 +58,8 @@ class ScoringConfig:
         },
     )
     damping: float = field(
-        default=0.0, metadata={"help": "added to max(lambda, 0) under 'damped'."}
+        default=0.0,
+        metadata={"help": "added to every eigenvalue under 'damped' (what stays <= 0 is dropped)."},
     )
     eigenvalue_rtol: float = field(
         default=1e-10,

@@ -37,11 +37,13 @@ def inverse_eigenvalues(
       semi-definite form, so self-influence is never negative.
     * ``signed``: ``w = 1 / lambda``, the literal inverse; negative curvature lowers scores.
     * ``positive``: ``w = 1 / lambda`` for ``lambda > 0``, 0 for the rest (drops negative curvature).
-    * ``damped``: ``w = 1 / (max(lambda, 0) + damping)``, the classic ``(H + damping I)^-1`` with
-      negative curvature clipped; ``damping`` must be positive.
+    * ``damped``: ``w = 1 / (lambda + damping)`` where ``lambda + damping`` is positive, 0 elsewhere:
+      ``(H + damping I)^-1`` on the positive part of the shifted spectrum (Captum's
+      ``hessian_reg``). ``damping`` must be positive. Negative curvature is dropped, not clipped
+      to zero: clipping would give those directions the largest weight, ``1 / damping``.
 
-    In every policy an eigenvalue with ``|lambda| <= rtol * max |lambda|`` (numerically zero) gets
-    weight 0, except under ``damped``, whose denominator is bounded below by ``damping``.
+    In every policy a denominator with ``|d| <= rtol * max |lambda|`` (numerically zero) gets
+    weight 0.
 
     Example:
         >>> inverse_eigenvalues(torch.tensor([4.0, -2.0, 0.0]))
@@ -55,7 +57,9 @@ def inverse_eigenvalues(
     if policy == "damped":
         if not damping > 0:
             raise ValueError(f"eigenvalue_policy='damped' needs damping > 0, got damping={damping}")
-        return 1.0 / (lam.clamp(min=0) + damping)
+        shifted = lam + damping
+        pos = shifted > floor
+        return torch.where(pos, 1.0 / torch.where(pos, shifted, torch.ones_like(lam)), zero)
     if policy == "abs":
         big = lam.abs() > floor
         return torch.where(big, 1.0 / torch.where(big, lam.abs(), torch.ones_like(lam)), zero)
