@@ -105,12 +105,13 @@ class EngineBase:
 
     def _batches(self, loader: Iterable[Any], what: str) -> Iterator[Any]:
         empty = True
+        device = self.device  # resolved once, not per batch (it walks the selected parameters)
         for batch in loader:
             empty = False
             if self.transfer_batch is not None:
                 batch = self.transfer_batch(batch)
             else:
-                batch = _batch.to_device(batch, self.device)
+                batch = _batch.to_device(batch, device)
             yield _batch.to_autograd_tensors(batch)
         if empty:
             raise ValueError(
@@ -203,7 +204,8 @@ class ProjectedInfluence(EngineBase):
         per example and direction hardly depends on the batch size, so it is timed on a 16-example
         slice with one chunk of directions and extrapolated to the batch and to all directions.
         """
-        if self.device.type == "xla":
+        device = self.device
+        if device.type == "xla":
             # Reverse mode only: torch-xla 2.9 gets forward mode wrong for some losses
             # (F.cross_entropy with reduction='mean').
             return "grad", None
@@ -214,17 +216,17 @@ class ProjectedInfluence(EngineBase):
         for mode in ("grad", "jvp"):  # warm up both routes on one example
             self._project_batch(f, params, one, directions[:chunk], mode)
 
-        sync_device(self.device)
+        sync_device(device)
         start = time.perf_counter()
         first = self._project_batch(f, params, batch, directions, "grad")
-        sync_device(self.device)
+        sync_device(device)
         grad_seconds = time.perf_counter() - start
 
         probe = _batch.slice_batch(batch, 0, min(16, size))
-        sync_device(self.device)
+        sync_device(device)
         start = time.perf_counter()
         self._project_batch(f, params, probe, directions[:chunk], "jvp")
-        sync_device(self.device)
+        sync_device(device)
         jvp_seconds = (time.perf_counter() - start) * (size / min(16, size)) * (k / chunk)
         return ("jvp" if jvp_seconds < grad_seconds else "grad"), first
 
