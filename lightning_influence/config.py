@@ -1,18 +1,37 @@
-"""Arguments of the influence engines as data: validated once, saved beside every result."""
+"""Every argument of lightning-influence as data: dataclasses with help, validated once.
+
+* ``ScoringConfig``: how scores are formed from directions and eigenvalues (every engine).
+* ``ArnoldiConfig``, ``RandomProjectionConfig``: the engines' own arguments.
+* ``AnalysisConfig``: an ``ArnoldiConfig`` plus what ``InfluenceCallback``, ``analyze_checkpoint``
+  and the command line analyse around it (the HVP sample, the loaders, when, what on failure).
+* ``PruningConfig``: what ``InfluenceDataModule`` drops or down-weights.
+
+The fields are the single source of every default: the callback's and the DataModule's keyword
+defaults are read from them, the command line's options are generated from them (their ``help``
+metadata), and ``dataclasses.asdict`` of the config is the ``arguments`` of every manifest.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from lightning_influence.hvp import HVPMode
-from lightning_influence.projection import ProjectionMode
-from lightning_influence.scores import EigenvaluePolicy
+from lightning_influence.core.hvp import HVPMode
+from lightning_influence.core.parameters import ParamSelector
+from lightning_influence.core.projection import ProjectionMode
+from lightning_influence.core.scores import EIGENVALUE_POLICIES, EigenvaluePolicy
 
-__all__ = ["ArnoldiConfig", "ScoringConfig"]
+__all__ = [
+    "AnalysisConfig",
+    "ArnoldiConfig",
+    "ConfigurationError",
+    "PruningConfig",
+    "RandomProjectionConfig",
+    "ScoringConfig",
+]
 
 _DTYPES = {
     "float64": torch.float64,
@@ -22,7 +41,14 @@ _DTYPES = {
 }
 
 
-def parse_dtype(name: str | None, what: str) -> torch.dtype | None:
+class ConfigurationError(ValueError):
+    """An argument, a loss or a data layout the analysis cannot work with; the message says the fix.
+
+    The callback never skips these under ``on_error="warn"``: they would fail every analysis.
+    """
+
+
+def parse_dtype(name: str | torch.dtype | None, what: str) -> torch.dtype | None:
     """``"float32"`` -> ``torch.float32``; a clear error for anything else."""
     if name is None:
         return None
@@ -39,54 +65,63 @@ def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
+def _int(name: str, value: Any, minimum: int, hint: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum} ({hint})")
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
 @dataclass
 class ScoringConfig:
     """How scores are computed from directions and eigenvalues (shared by every engine)."""
 
     projection: ProjectionMode = field(
         default="auto",
-        metadata={
-            "help": "'jvp' (forward-mode, vmapped over directions), 'grad' (per-example "
-            "gradients times directions) or 'auto' (time both on the first batch, keep the faster)."
-        },
+        metadata=_help(
+            "'jvp' (forward-mode, vmapped over directions), 'grad' (per-example gradients times "
+            "directions) or 'auto' (time both on the first batch, keep the faster)."
+        ),
     )
     eigenvalue_policy: EigenvaluePolicy = field(
         default="abs",
-        metadata={
-            "help": "how 1/lambda is formed: 'abs', 'signed', 'positive' or 'damped' "
-            "(see lightning_influence.scores.inverse_eigenvalues)."
-        },
+        metadata=_help(
+            "how 1/lambda is formed: 'abs', 'signed', 'positive' or 'damped' "
+            "(see lightning_influence.core.scores.inverse_eigenvalues)."
+        ),
     )
     damping: float = field(
         default=0.0,
-        metadata={"help": "added to every eigenvalue under 'damped' (what stays <= 0 is dropped)."},
+        metadata=_help("added to every eigenvalue under 'damped' (what stays <= 0 is dropped)."),
     )
     eigenvalue_rtol: float = field(
         default=1e-10,
-        metadata={"help": "eigenvalues with |lambda| <= rtol * max|lambda| get weight 0."},
+        metadata=_help("eigenvalues with |lambda| <= rtol * max|lambda| get weight 0."),
     )
     example_chunk: int | None = field(
         default=None,
-        metadata={
-            "help": "examples per vmapped per-example-gradient chunk; None sizes chunks to "
-            "about 256 MiB of gradients."
-        },
+        metadata=_help(
+            "examples per vmapped per-example-gradient chunk; None sizes chunks to about 256 MiB "
+            "of gradients."
+        ),
     )
-    direction_chunk: int = field(default=32, metadata={"help": "directions per vmapped JVP chunk."})
+    direction_chunk: int = field(default=32, metadata=_help("directions per vmapped JVP chunk."))
     compute_dtype: str | None = field(
         default=None,
-        metadata={
-            "help": "dtype of HVPs and projections; None: the parameters' dtype, but at least "
-            "float32."
-        },
+        metadata=_help(
+            "dtype of HVPs and projections; None: the parameters' dtype, but at least float32.",
+            choices=tuple(_DTYPES),
+        ),
     )
-    progress: bool = field(default=True, metadata={"help": "show tqdm progress bars."})
+    progress: bool = field(default=True, metadata=_help("show tqdm progress bars."))
 
     def __post_init__(self) -> None:
         _choice("projection", self.projection, ("auto", "jvp", "grad"))
-        _choice(
-            "eigenvalue_policy", self.eigenvalue_policy, ("abs", "signed", "positive", "damped")
-        )
+        _choice("eigenvalue_policy", self.eigenvalue_policy, EIGENVALUE_POLICIES)
         if self.eigenvalue_policy == "damped" and not self.damping > 0:
             raise ValueError(
                 f"eigenvalue_policy='damped' needs damping > 0, got damping={self.damping}"
@@ -95,12 +130,8 @@ class ScoringConfig:
             raise ValueError(f"damping={self.damping} must be >= 0")
         if not 0 <= self.eigenvalue_rtol < 1:
             raise ValueError(f"eigenvalue_rtol={self.eigenvalue_rtol} must be in [0, 1)")
-        if self.example_chunk is not None and self.example_chunk < 1:
-            raise ValueError(
-                f"example_chunk={self.example_chunk} must be a positive integer or None"
-            )
-        if self.direction_chunk < 1:
-            raise ValueError(f"direction_chunk={self.direction_chunk} must be a positive integer")
+        _int("example_chunk", self.example_chunk, 1, "None sizes chunks by memory", optional=True)
+        _int("direction_chunk", self.direction_chunk, 1, "directions per JVP chunk")
         parse_dtype(self.compute_dtype, "compute_dtype")
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,41 +142,42 @@ class ScoringConfig:
 class ArnoldiConfig(ScoringConfig):
     """Arguments of ``ArnoldiInfluence`` (the fields of ``ScoringConfig`` plus the iteration's)."""
 
-    n_iters: int = field(default=200, metadata={"help": "Arnoldi iterations n (HVPs)."})
-    top_k: int = field(default=100, metadata={"help": "eigenpairs p kept, by |lambda|."})
-    seed: int = field(default=0, metadata={"help": "seed of the N(0, 1) start vector."})
+    n_iters: int = field(default=200, metadata=_help("Arnoldi iterations n (HVPs)."))
+    top_k: int = field(default=100, metadata=_help("eigenpairs p kept, by |lambda|."))
+    seed: int = field(
+        default=0, metadata=_help("seed of the N(0, 1) start vector (and of the HVP sample).")
+    )
     hvp_mode: HVPMode = field(
         default="auto",
-        metadata={"help": "'fwd-rev', 'rev-rev' or 'auto' (rev-rev on XLA, fwd-rev elsewhere)."},
+        metadata=_help("'fwd-rev', 'rev-rev' or 'auto' (rev-rev on XLA, fwd-rev elsewhere)."),
     )
     basis_device: str | None = field(
         default=None,
-        metadata={
-            "help": "device of the Krylov basis and eigenvectors; 'cpu' offloads them from an "
+        metadata=_help(
+            "device of the Krylov basis and eigenvectors; 'cpu' offloads them from an "
             "accelerator. None: the model's device."
-        },
+        ),
     )
     basis_dtype: str | None = field(
         default=None,
-        metadata={
-            "help": "storage dtype of the basis ('float32', 'bfloat16', ...); arithmetic stays "
-            "in at least float32. None: the compute dtype."
-        },
+        metadata=_help(
+            "storage dtype of the basis; arithmetic stays in at least float32. None: the compute "
+            "dtype.",
+            choices=tuple(_DTYPES),
+        ),
     )
     cache_batches: bool = field(
         default=True,
-        metadata={
-            "help": "keep the HVP sample's batches on the device between iterations (and "
-            "immune to a shuffling loader); False re-reads the loader every iteration."
-        },
+        metadata=_help(
+            "keep the HVP sample's batches on the device between iterations (and immune to a "
+            "shuffling loader); False re-reads the loader every iteration."
+        ),
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n_iters < 1:
-            raise ValueError(f"n_iters={self.n_iters} must be a positive integer")
-        if self.top_k < 1:
-            raise ValueError(f"top_k={self.top_k} must be a positive integer")
+        _int("n_iters", self.n_iters, 1, "Hessian-vector products per fit")
+        _int("top_k", self.top_k, 1, "eigenpairs kept")
         if self.top_k > self.n_iters:
             raise ValueError(
                 f"top_k={self.top_k} exceeds n_iters={self.n_iters}: Arnoldi can return at most "
@@ -153,3 +185,188 @@ class ArnoldiConfig(ScoringConfig):
             )
         _choice("hvp_mode", self.hvp_mode, ("auto", "fwd-rev", "rev-rev"))
         parse_dtype(self.basis_dtype, "basis_dtype")
+
+
+@dataclass
+class RandomProjectionConfig(ScoringConfig):
+    """Arguments of ``RandomProjectionInfluence``."""
+
+    dim: int = field(default=100, metadata=_help("sketch size p (rows of G, HVPs in fit)."))
+    seed: int = field(default=0, metadata=_help("seed of the Gaussian sketch G."))
+    hvp_mode: HVPMode = field(default="auto", metadata=_help("as in ArnoldiConfig."))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _int("dim", self.dim, 1, "rows of the sketch")
+        _choice("hvp_mode", self.hvp_mode, ("auto", "fwd-rev", "rev-rev"))
+
+
+@dataclass
+class AnalysisConfig(ArnoldiConfig):
+    """One analysis of a training set: an ``ArnoldiConfig`` and what surrounds the engine.
+
+    ``InfluenceCallback``, ``analyze_checkpoint`` and ``lightning-influence score`` all run
+    ``lightning_influence.lightning.analysis.run_analysis`` with one of these.
+    """
+
+    hvp_samples: int | None = field(
+        default=512,
+        metadata=_help(
+            "size of the HVP sample, drawn once from the training set without replacement with "
+            "seed and fixed for the run; None uses the whole training set."
+        ),
+    )
+    params: ParamSelector = field(
+        default=None,
+        metadata=_help(
+            "parameters to analyse: names, module prefixes or globs (or a predicate); None: "
+            "every parameter that requires grad."
+        ),
+    )
+    batch_size: int | None = field(
+        default=None,
+        metadata=_help("batch size of the HVP and scoring loaders; None: the train loader's."),
+    )
+    num_workers: int = field(
+        default=0, metadata=_help("worker processes of the HVP and scoring loaders.")
+    )
+    every_n_epochs: int = field(
+        default=1,
+        metadata=_help("analyse at the end of every n-th training epoch; 0: only at the end."),
+    )
+    at_train_end: bool = field(
+        default=True,
+        metadata=_help(
+            "also analyse at the end of training (skipped when the last epoch-end analysis "
+            "already saw the final weights)."
+        ),
+    )
+    on_error: Literal["warn", "raise"] = field(
+        default="warn",
+        metadata=_help(
+            "'warn' skips a failed analysis (non-finite loss or HVP, ...) with a warning and "
+            "training continues; 'raise' fails the fit."
+        ),
+    )
+    log_top_n: int = field(
+        default=16, metadata=_help("how many of the most self-influential examples to log.")
+    )
+    max_events: int | None = field(
+        default=None,
+        metadata=_help(
+            "keep only the newest events in memory and in checkpoints (the files keep all); "
+            "None keeps all."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _int("hvp_samples", self.hvp_samples, 1, "None uses the whole training set", True)
+        _int("batch_size", self.batch_size, 1, "None reuses the train loader's", True)
+        _int("num_workers", self.num_workers, 0, "0 loads in the main process")
+        _int("every_n_epochs", self.every_n_epochs, 0, "0 analyses only at the end of training")
+        _int("log_top_n", self.log_top_n, 0, "0 shows no examples")
+        _int("max_events", self.max_events, 1, "None keeps every event", True)
+        _choice("on_error", self.on_error, ("warn", "raise"))
+        if isinstance(self.params, str):
+            self.params = [self.params]
+        elif self.params is not None and not callable(self.params):
+            self.params = list(self.params)
+
+    def engine_config(self) -> ArnoldiConfig:
+        """The ``ArnoldiConfig`` part (what the engine sees)."""
+        names = {f.name for f in dataclasses.fields(ArnoldiConfig)}
+        return ArnoldiConfig(**{n: getattr(self, n) for n in names})
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> AnalysisConfig:
+        """The demo's settings: 50 HVPs on a 512-example sample, 30 eigenpairs (seconds on a CPU)."""
+        return cls(**{"n_iters": 50, "top_k": 30, "hvp_samples": 512, **overrides})
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> AnalysisConfig:
+        """The paper's Table 1 settings: n=200 iterations, the top p=100 by |lambda|, all data."""
+        return cls(**{"n_iters": 200, "top_k": 100, "hvp_samples": None, **overrides})
+
+
+CombineMode = Literal["latest", "mean"]
+PruneMode = Literal["drop", "reweight"]
+
+
+@dataclass
+class PruningConfig:
+    """What ``InfluenceDataModule`` does with self-influence scores (see ``lightning_influence.pruning``)."""
+
+    mode: PruneMode = field(
+        default="drop",
+        metadata=_help("'drop' leaves examples out; 'reweight' samples them less often."),
+    )
+    fraction: float = field(
+        default=0.1,
+        metadata=_help("in [0, 1): the share of the training set dropped (or down-weighted)."),
+    )
+    start_epoch: int = field(default=0, metadata=_help("the first epoch that may be pruned."))
+    max_dropped: int | float | None = field(
+        default=None,
+        metadata=_help(
+            "cap on the total dropped: a count (int) or a share of the dataset (float)."
+        ),
+    )
+    cumulative: bool = field(
+        default=False,
+        metadata=_help("drop mode: each new event drops fraction more of the examples still kept."),
+    )
+    combine: CombineMode = field(
+        default="latest",
+        metadata=_help(
+            "'latest' (the newest event's scores) or 'mean' (mean quantile over events)."
+        ),
+    )
+    min_per_class: int = field(
+        default=1, metadata=_help("never keep fewer examples of a class (needs labels).")
+    )
+    temperature: float = field(
+        default=0.05, metadata=_help("reweight mode: width of the weight transition, > 0.")
+    )
+    floor: float = field(
+        default=0.0, metadata=_help("reweight mode: the weight of the most suspect examples.")
+    )
+    seed: int | None = field(
+        default=None,
+        metadata=_help("shuffle seed of the train sampler; None: PL_GLOBAL_SEED, else 0."),
+    )
+    write_files: bool = field(
+        default=True, metadata=_help("write dropped.csv (or weights.csv) beside the scores.")
+    )
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, ("drop", "reweight"))
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(
+                f"fraction={self.fraction!r} must be in [0, 1): the share of the training set "
+                f"{'dropped' if self.mode == 'drop' else 'down-weighted'} (0.1 = 10%)"
+            )
+        _int("start_epoch", self.start_epoch, 0, "0 prunes from the first epoch")
+        cap = self.max_dropped
+        if cap is not None and (
+            isinstance(cap, bool)
+            or not isinstance(cap, (int, float))
+            or cap < 0
+            or (isinstance(cap, float) and cap > 1.0)
+        ):
+            raise ValueError(
+                f"max_dropped={cap!r} must be a count >= 0 (int) or a share of the dataset in "
+                "[0, 1] (float)"
+            )
+        _choice("combine", self.combine, ("latest", "mean"))
+        _int("min_per_class", self.min_per_class, 0, "0 turns the class safeguard off")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature!r} must be > 0 (e.g. 0.05)")
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"floor={self.floor!r} must be in [0, 1]")
+
+    def cap(self, size: int) -> int | None:
+        """``max_dropped`` as a count for a dataset of ``size`` examples."""
+        if isinstance(self.max_dropped, float):
+            return int(self.max_dropped * size)
+        return self.max_dropped

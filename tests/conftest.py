@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lightning_influence.parameters import ParameterSpace
+from lightning_influence.core.parameters import ParameterSpace
 
 
 def cross_entropy(model: nn.Module, batch) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lightning_influence.arnoldi import NonFiniteError, arnoldi, distill
+from lightning_influence.core.arnoldi import NonFiniteError, arnoldi, distill
 
 
 def _sym(n: int, seed: int = 0) -> torch.Tensor:

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_influence import ArnoldiInfluence, InfluenceCallback
+from lightning_influence.io.events import read_event
 from lightning_influence.losses import cross_entropy_loss
-from lightning_influence.results import read_event
 
 N, D, C = 40, 6, 3
 FAST = {"n_iters": 12, "top_k": 5, "hvp_samples": 24, "progress": False}

@@ -19,9 +19,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_influence import InfluenceCallback
-from lightning_influence.cli import main, split_init_args
+from lightning_influence.cli import main
+from lightning_influence.cli.loading import split_init_args
+from lightning_influence.io.events import read_event
 from lightning_influence.losses import cross_entropy_loss
-from lightning_influence.results import read_event
 from tests.cli_models import TinyClassifier, TinyData
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, WeightedRandomSampler
 
 from lightning_influence import InfluenceCallback, InfluenceDataModule
-from lightning_influence.results import ScoringEvent, read_event, write_event
-from lightning_influence.sampler import InfluenceSampler
+from lightning_influence.io.events import ScoringEvent, read_event, write_event
+from lightning_influence.lightning.sampler import InfluenceSampler
 
 N = 40
 
@@ -310,7 +310,7 @@ def test_dropped_indices_written_beside_the_scores(tmp_path):
 def test_reweight_samples_in_proportion_to_the_weights():
     scipy_stats = pytest.importorskip("scipy.stats")
     weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 0.0, 10.0], dtype=torch.float64)
-    from lightning_influence.sampler import SamplingPlan
+    from lightning_influence.pruning import SamplingPlan
 
     plan = SamplingPlan(6, weights=weights)
     sampler = InfluenceSampler(TensorDataset(torch.zeros(6)), lambda: plan, seed=7)

@@ -7,7 +7,7 @@ from sklearn.datasets import load_breast_cancer
 from torch import nn
 
 from lightning_influence import ArnoldiInfluence
-from lightning_influence.scores import inverse_eigenvalues
+from lightning_influence.core.scores import inverse_eigenvalues
 
 # The MLP's Hessian has a null space (shifting every logit alike changes nothing), so a full
 # Krylov space is smaller than P; K = the number of eigenpairs compared.

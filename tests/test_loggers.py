@@ -23,9 +23,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_influence import InfluenceCallback
-from lightning_influence.loggers import _as_image, _grid, _markdown_table, _top_examples, log_event
+from lightning_influence.io.events import ScoringEvent
+from lightning_influence.lightning.loggers import (
+    _as_image,
+    _grid,
+    _markdown_table,
+    _top_examples,
+    log_event,
+)
 from lightning_influence.losses import cross_entropy_loss
-from lightning_influence.results import ScoringEvent
 
 
 def make_event(n: int = 10, step: int = 7) -> ScoringEvent:

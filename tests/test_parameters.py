@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_influence.parameters import ParameterSpace, select_parameters
+from lightning_influence.core.parameters import ParameterSpace, select_parameters
 
 
 def _model():

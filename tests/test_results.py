@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_influence.results import ScoringEvent, latest_event_dir, read_event, write_event
+from lightning_influence.io.events import ScoringEvent, latest_event_dir, read_event, write_event
 
 
 def _event(epoch=1, step=10, n=6):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_influence._runtime import preserved_rng_states, score_shard
+from lightning_influence.lightning.runtime import preserved_rng_states, score_shard
 
 
 @pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 3), (11, 2), (2, 4)])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_influence.scores import influence, inverse_eigenvalues, self_influence
+from lightning_influence.core.scores import influence, inverse_eigenvalues, self_influence
 
 LAM = torch.tensor([4.0, -2.0, 1e-14, 0.0, 0.5], dtype=torch.float64)
 

@@ -34,13 +34,13 @@ from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from lightning_influence import ArnoldiInfluence, InfluenceCallback  # noqa: E402
-from lightning_influence._functional import make_functional_loss  # noqa: E402
-from lightning_influence.arnoldi import arnoldi  # noqa: E402
-from lightning_influence.hvp import DatasetHessian, hvp, resolve_hvp_mode  # noqa: E402
-from lightning_influence.influence import _graph_cut  # noqa: E402
-from lightning_influence.parameters import ParameterSpace  # noqa: E402
-from lightning_influence.projection import project_grad, project_jvp  # noqa: E402
-from lightning_influence.results import read_event  # noqa: E402
+from lightning_influence.core.arnoldi import arnoldi  # noqa: E402
+from lightning_influence.core.functional_loss import make_functional_loss  # noqa: E402
+from lightning_influence.core.hvp import DatasetHessian, hvp, resolve_hvp_mode  # noqa: E402
+from lightning_influence.core.parameters import ParameterSpace  # noqa: E402
+from lightning_influence.core.projection import project_grad, project_jvp  # noqa: E402
+from lightning_influence.engines.arnoldi import _graph_cut  # noqa: E402
+from lightning_influence.io.events import read_event  # noqa: E402
 
 XLA = torch_xla.device()
 # The autograd engine sizes its device threads at the first backward of the process: an XLA

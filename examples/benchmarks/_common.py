@@ -152,10 +152,10 @@ def per_example_gradient_pass(
     about 256 MiB of gradients like the engine, and reduces each chunk to its squared norms so the
     gradients are materialized and then dropped.
     """
-    from lightning_influence._context import analysis_context
-    from lightning_influence._functional import make_functional_loss
-    from lightning_influence.parameters import ParameterSpace, select_parameters
-    from lightning_influence.projection import per_example_gradients
+    from lightning_influence.core.context import analysis_context
+    from lightning_influence.core.functional_loss import make_functional_loss
+    from lightning_influence.core.parameters import ParameterSpace, select_parameters
+    from lightning_influence.core.projection import per_example_gradients
 
     space = ParameterSpace.of(select_parameters(model, None))
     if chunk is None:

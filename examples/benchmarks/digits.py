@@ -53,8 +53,8 @@ from lightning_influence import (
     RandomProjectionInfluence,
     TracInInfluence,
 )
-from lightning_influence._context import analysis_context
-from lightning_influence.hvp import DatasetHessian
+from lightning_influence.core.context import analysis_context
+from lightning_influence.core.hvp import DatasetHessian
 
 
 def build_cnn() -> nn.Module:

@@ -52,8 +52,8 @@ from _common import (
 )
 
 from lightning_influence import ArnoldiInfluence, RandomProjectionInfluence, TracInInfluence
-from lightning_influence._context import analysis_context
-from lightning_influence.hvp import hvp
+from lightning_influence.core.context import analysis_context
+from lightning_influence.core.hvp import hvp
 
 PAPER = {  # Table 1 of the paper: (AUC, AP) in %
     ("Arnoldi", 10): (95.0, 84.0),
@@ -151,9 +151,9 @@ def lissa_self_influence(
     averaged over ``repeats`` runs. All examples of the subset are advanced together (the HVP is
     vmapped over their vectors).
     """
-    from lightning_influence._functional import make_functional_loss
-    from lightning_influence.parameters import ParameterSpace, select_parameters
-    from lightning_influence.projection import per_example_gradients
+    from lightning_influence.core.functional_loss import make_functional_loss
+    from lightning_influence.core.parameters import ParameterSpace, select_parameters
+    from lightning_influence.core.projection import per_example_gradients
 
     space = ParameterSpace.of(select_parameters(model, None))
     gen = torch.Generator().manual_seed(seed)

@@ -48,9 +48,9 @@ from _common import (
 from digits import build_cnn
 
 from lightning_influence import ArnoldiInfluence
-from lightning_influence._context import analysis_context
-from lightning_influence.arnoldi import arnoldi
-from lightning_influence.hvp import DatasetHessian
+from lightning_influence.core.arnoldi import arnoldi
+from lightning_influence.core.context import analysis_context
+from lightning_influence.core.hvp import DatasetHessian
 
 
 def digits_like(n: int, seed: int, flat: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

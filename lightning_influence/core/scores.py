@@ -19,9 +19,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["EigenvaluePolicy", "influence", "inverse_eigenvalues", "self_influence"]
+__all__ = [
+    "EIGENVALUE_POLICIES",
+    "EigenvaluePolicy",
+    "influence",
+    "inverse_eigenvalues",
+    "self_influence",
+]
 
 EigenvaluePolicy = Literal["abs", "signed", "positive", "damped"]
+EIGENVALUE_POLICIES: tuple[str, ...] = ("abs", "signed", "positive", "damped")
 
 
 def inverse_eigenvalues(

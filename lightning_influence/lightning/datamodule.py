@@ -37,9 +37,11 @@ from torch.utils.data import (
 from typing_extensions import override
 
 from lightning_influence import pruning
-from lightning_influence.callback import InfluenceCallback
-from lightning_influence.results import ScoringEvent, _atomic_write, latest_event_dir, read_event
-from lightning_influence.sampler import InfluenceSampler, SamplingPlan
+from lightning_influence.io.atomic import atomic_write
+from lightning_influence.io.events import ScoringEvent, latest_event_dir, read_event
+from lightning_influence.lightning.callback import InfluenceCallback
+from lightning_influence.lightning.sampler import InfluenceSampler
+from lightning_influence.pruning.plan import SamplingPlan
 
 __all__ = ["InfluenceDataModule", "PruneMode"]
 
@@ -580,7 +582,7 @@ class InfluenceDataModule(pl.LightningDataModule):
                     label = f"{int(labels[i])}," if labels is not None else ""
                     handle.write(f"{i},{label}{float(scores[i])!r}\n")
 
-            _atomic_write(folder / DROPPED_FILE, write)
+            atomic_write(folder / DROPPED_FILE, write)
         else:
             weights = plan.weights
             assert weights is not None
@@ -589,4 +591,4 @@ class InfluenceDataModule(pl.LightningDataModule):
                 handle.write("index,weight\n")
                 handle.writelines(f"{i},{w!r}\n" for i, w in enumerate(weights.tolist()))
 
-            _atomic_write(folder / WEIGHTS_FILE, write)
+            atomic_write(folder / WEIGHTS_FILE, write)

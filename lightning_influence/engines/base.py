@@ -15,12 +15,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_influence import _batch, scores
-from lightning_influence._context import analysis_context
-from lightning_influence._functional import LossFn, make_functional_loss
 from lightning_influence.config import ScoringConfig, parse_dtype
-from lightning_influence.parameters import ParameterSpace, ParamSelector, select_parameters
-from lightning_influence.projection import project_grad, project_jvp
+from lightning_influence.core import batch as _batch
+from lightning_influence.core import scores
+from lightning_influence.core.context import analysis_context
+from lightning_influence.core.functional_loss import LossFn, make_functional_loss
+from lightning_influence.core.parameters import ParameterSpace, ParamSelector, select_parameters
+from lightning_influence.core.projection import project_grad, project_jvp
 
 __all__ = ["TopInfluences"]
 

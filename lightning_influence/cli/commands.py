@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lightning_influence._cli_loading import (
+from lightning_influence.cli.loading import (
     SPLITS,
     CLIError,
     Loaded,
@@ -360,7 +360,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _callback(args: argparse.Namespace, loss_fn: Callable | None) -> Any:
     """An ``InfluenceCallback`` holding the options: validation, HVP sample and config."""
-    from lightning_influence.callback import InfluenceCallback
+    from lightning_influence.lightning.callback import InfluenceCallback
 
     options = _options(args)
     try:
@@ -399,8 +399,8 @@ def _fit_engine(args: argparse.Namespace, loaded: Loaded) -> tuple[Any, Any, Any
     """
     from torch.utils.data import DataLoader, Subset
 
-    from lightning_influence._runtime import standalone_transfer
-    from lightning_influence.influence import ArnoldiInfluence
+    from lightning_influence.engines.arnoldi import ArnoldiInfluence
+    from lightning_influence.lightning.runtime import standalone_transfer
 
     loss_fn = _resolve_loss(args.loss, loaded.model)
     callback = _callback(args, loss_fn)
@@ -439,7 +439,7 @@ def _loader_parts(callback: Any, loader: Any) -> tuple[Any, Any, int]:
 
 
 def _score(args: argparse.Namespace, loaded: Loaded) -> int:
-    from lightning_influence.callback import InfluenceCallback
+    from lightning_influence.lightning.callback import InfluenceCallback
 
     loss_fn = _resolve_loss(args.loss, loaded.model)
     _callback(args, loss_fn)  # validate the options before the data is loaded
@@ -478,7 +478,7 @@ def _score(args: argparse.Namespace, loaded: Loaded) -> int:
 def _explain(args: argparse.Namespace, loaded: Loaded) -> int:
     from torch.utils.data import DataLoader, Subset
 
-    from lightning_influence.loggers import _inputs_label
+    from lightning_influence.lightning.loggers import _inputs_label
 
     if args.image is not None:
         _require_matplotlib("--image")
@@ -543,7 +543,7 @@ def _spectrum(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> int:
     if args.plot is not None:
         _require_matplotlib("--plot")
     if args.event is not None:
-        from lightning_influence.results import read_event
+        from lightning_influence.io.events import read_event
 
         try:
             event = read_event(args.event)
@@ -573,7 +573,7 @@ def _spectrum(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> int:
         _write_csv(args.csv, header, rows)
         print(f"table -> {args.csv}")
     if args.plot is not None:
-        from lightning_influence.loggers import _spectrum_figure
+        from lightning_influence.lightning.loggers import _spectrum_figure
 
         _spectrum_figure(lam).savefig(args.plot)
         print(f"plot -> {args.plot}")
@@ -614,7 +614,7 @@ def _explanation_figure(
     """Rows: the chosen examples; columns: the example, its proponents, its opponents."""
     from matplotlib.figure import Figure
 
-    from lightning_influence.loggers import _as_image, _inputs_label
+    from lightning_influence.lightning.loggers import _as_image, _inputs_label
 
     first_inputs, _ = _inputs_label(split_data[args.examples[0]])
     if _as_image(first_inputs) is None:

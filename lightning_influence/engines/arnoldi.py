@@ -11,14 +11,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_influence import _batch
-from lightning_influence._context import analysis_context
-from lightning_influence._engine import ProjectedInfluence, TransferFn, sync_device
-from lightning_influence._functional import LossFn
-from lightning_influence.arnoldi import NonFiniteError, arnoldi, distill
 from lightning_influence.config import ArnoldiConfig, parse_dtype
-from lightning_influence.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
-from lightning_influence.parameters import ParamSelector
+from lightning_influence.core import batch as _batch
+from lightning_influence.core.arnoldi import NonFiniteError, arnoldi, distill
+from lightning_influence.core.context import analysis_context
+from lightning_influence.core.functional_loss import LossFn
+from lightning_influence.core.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
+from lightning_influence.core.parameters import ParamSelector
+from lightning_influence.engines.base import ProjectedInfluence, TransferFn, sync_device
 
 __all__ = ["ArnoldiInfluence"]
 
@@ -28,7 +28,7 @@ _FORMAT_VERSION = 1
 def _graph_cut(device: torch.device) -> Callable[[list[Tensor]], None] | None:
     if device.type != "xla":
         return None
-    from lightning_influence import _xla
+    from lightning_influence.core import _xla
 
     return _xla.sync
 

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from lightning_influence import _batch
-from lightning_influence._functional import FunctionalLoss
-from lightning_influence.parameters import ParameterSpace
+from lightning_influence.core import batch as _batch
+from lightning_influence.core.functional_loss import FunctionalLoss
+from lightning_influence.core.parameters import ParameterSpace
 
 __all__ = ["ProjectionMode", "per_example_gradients", "project_grad", "project_jvp"]
 

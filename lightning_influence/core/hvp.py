@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp
 
-from lightning_influence import _batch
-from lightning_influence._functional import FunctionalLoss
-from lightning_influence.parameters import ParameterSpace
+from lightning_influence.core import batch as _batch
+from lightning_influence.core.functional_loss import FunctionalLoss
+from lightning_influence.core.parameters import ParameterSpace
 
 __all__ = ["DatasetHessian", "HVPMode", "hvp", "resolve_hvp_mode"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_influence import _batch
+from lightning_influence.core import batch as _batch
 
 __all__: list[str] = []
 

@@ -8,7 +8,7 @@ At the end of every ``every_n_epochs``-th training epoch, at the end of training
    the top-k eigenpairs ``(lambda_i, e_i)`` of the Hessian H of the mean training loss;
 2. scores every training example, in dataset-index order, with its self-influence
    ``I(x, x) = sum_i w_i <e_i, g_x>^2``, ``w_i ~ 1 / lambda_i``;
-3. writes ``<trainer.log_dir>/influence/epoch=E-step=S/`` (see ``lightning_influence.results``)
+3. writes ``<trainer.log_dir>/influence/epoch=E-step=S/`` (see ``lightning_influence.io.events``)
    and logs spectra, histograms and the most self-influential examples to the trainer's loggers.
 
 It runs on every accelerator and strategy the Trainer runs on: batches move through
@@ -39,21 +39,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from typing_extensions import override
 
-from lightning_influence._functional import LossFn
-from lightning_influence._runtime import (
+from lightning_influence.config import ArnoldiConfig
+from lightning_influence.core.functional_loss import LossFn
+from lightning_influence.core.hvp import HVPMode
+from lightning_influence.core.parameters import ParamSelector, select_parameters
+from lightning_influence.core.projection import ProjectionMode
+from lightning_influence.core.scores import EigenvaluePolicy
+from lightning_influence.engines.arnoldi import ArnoldiInfluence
+from lightning_influence.io.events import ScoringEvent, write_event
+from lightning_influence.lightning.loggers import log_event
+from lightning_influence.lightning.runtime import (
     Runtime,
     preserved_rng_states,
     score_shard,
     standalone_transfer,
 )
-from lightning_influence.config import ArnoldiConfig
-from lightning_influence.hvp import HVPMode
-from lightning_influence.influence import ArnoldiInfluence
-from lightning_influence.loggers import log_event
-from lightning_influence.parameters import ParamSelector, select_parameters
-from lightning_influence.projection import ProjectionMode
-from lightning_influence.results import ScoringEvent, write_event
-from lightning_influence.scores import EigenvaluePolicy
 
 if TYPE_CHECKING:
     import pandas
@@ -104,7 +104,7 @@ class InfluenceCallback(Callback):
         params: the parameters to analyse (names, module prefixes, globs or a predicate; default:
             every parameter that requires grad).
         eigenvalue_policy: how ``1 / lambda`` is formed (``abs``, ``signed``, ``positive``,
-            ``damped``; see ``lightning_influence.scores.inverse_eigenvalues``).
+            ``damped``; see ``lightning_influence.core.scores.inverse_eigenvalues``).
         projection: projected gradients by ``jvp``, ``grad`` or ``auto`` (the faster).
         hvp_mode: ``fwd-rev``, ``rev-rev`` or ``auto``.
         batch_size: batch size of the HVP and scoring loaders; None reuses the train loader's.
@@ -608,7 +608,7 @@ def _check_finite_losses(
     engine: ArnoldiInfluence, loader: DataLoader, epoch: int, step: int
 ) -> None:
     """Raise ``FloatingPointError`` naming the examples if any loss of the HVP sample is NaN/Inf."""
-    from lightning_influence._context import analysis_context
+    from lightning_influence.core.context import analysis_context
 
     with analysis_context(engine.model), torch.no_grad():
         f, params = engine._functional(), engine._params()

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import Tensor
+
+from lightning_influence.io.atomic import atomic_write
 
 __all__ = ["ScoringEvent", "latest_event_dir", "read_event", "write_event"]
 
@@ -75,21 +75,6 @@ class ScoringEvent:
         return cls(**state)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_event(event: ScoringEvent, root: str | os.PathLike) -> Path:
     """Write ``event`` under ``root/event.name`` atomically; sets ``event.directory``."""
     folder = Path(root) / event.name
@@ -111,10 +96,10 @@ def write_event(event: ScoringEvent, root: str | os.PathLike) -> Path:
             f"{i},{v!r},{r!r}\n" for i, (v, r) in enumerate(zip(lam, res, strict=True))
         )
 
-    _atomic_write(folder / SCORES_FILE, write_scores)
-    _atomic_write(folder / EIGENVALUES_FILE, write_eigenvalues)
+    atomic_write(folder / SCORES_FILE, write_scores)
+    atomic_write(folder / EIGENVALUES_FILE, write_eigenvalues)
     manifest = {"epoch": event.epoch, "global_step": event.global_step, **event.manifest}
-    _atomic_write(folder / MANIFEST_FILE, lambda h: json.dump(manifest, h, indent=2, default=str))
+    atomic_write(folder / MANIFEST_FILE, lambda h: json.dump(manifest, h, indent=2, default=str))
     event.directory = str(folder)
     return folder
 

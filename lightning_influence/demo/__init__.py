@@ -33,10 +33,10 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_influence.callback import InfluenceCallback
-from lightning_influence.datamodule import InfluenceDataModule
+from lightning_influence.io.events import ScoringEvent
+from lightning_influence.lightning.callback import InfluenceCallback
+from lightning_influence.lightning.datamodule import InfluenceDataModule
 from lightning_influence.losses import cross_entropy_loss
-from lightning_influence.results import ScoringEvent
 
 ARMS = ("clean", "noisy", "pruned", "loss-pruned")
 

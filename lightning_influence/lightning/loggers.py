@@ -23,7 +23,7 @@ from lightning_utilities.core.imports import RequirementCache
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from torch import Tensor
 
-from lightning_influence.results import ScoringEvent
+from lightning_influence.io.events import ScoringEvent
 
 __all__ = ["log_event"]
 

@@ -1,0 +1,3 @@
+from lightning_influence.demo import main
+
+main()

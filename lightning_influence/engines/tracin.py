@@ -1,0 +1,114 @@
+"""``TracInInfluence`` (Pruthi et al., 2020): gradient similarity summed over training checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lightning_influence.config import ScoringConfig
+from lightning_influence.core import batch as _batch
+from lightning_influence.core.context import analysis_context
+from lightning_influence.core.functional_loss import LossFn
+from lightning_influence.core.parameters import ParamSelector
+from lightning_influence.core.projection import per_example_gradients
+from lightning_influence.engines.base import EngineBase, TransferFn
+from lightning_influence.io.checkpoint import match_parameter_names, state_dict_of
+
+__all__ = ["TracInInfluence"]
+
+
+class TracInInfluence(EngineBase):
+    """TracIn (Pruthi et al., 2020): gradient similarity summed over training checkpoints.
+
+    ``I(x, z) = sum_c eta_c <g_c(z), g_c(x)>`` and self-influence ``sum_c eta_c ||g_c(x)||^2``,
+    with ``g_c`` the per-example gradient at checkpoint c and ``eta_c`` its learning rate.
+
+    Args:
+        model: the architecture; its parameters are replaced functionally by each checkpoint's.
+        loss_fn: as for ``ArnoldiInfluence``.
+        checkpoints: state dicts, Lightning checkpoints, or paths to either.
+        learning_rates: one per checkpoint, or a single float for all.
+        params, transfer_batch: as for ``ArnoldiInfluence``.
+        example_chunk, progress: as in ``ScoringConfig``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        checkpoints: Sequence[dict[str, Tensor] | str | os.PathLike],
+        learning_rates: float | Sequence[float] = 1.0,
+        *,
+        params: ParamSelector = None,
+        transfer_batch: TransferFn | None = None,
+        example_chunk: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        config = ScoringConfig(projection="grad", example_chunk=example_chunk, progress=progress)
+        super().__init__(model, loss_fn, config, params=params, transfer_batch=transfer_batch)
+        if len(checkpoints) == 0:
+            raise ValueError(
+                "checkpoints is empty: pass at least one state dict or checkpoint path"
+            )
+        if isinstance(learning_rates, (int, float)):
+            learning_rates = [float(learning_rates)] * len(checkpoints)
+        if len(learning_rates) != len(checkpoints):
+            raise ValueError(
+                f"got {len(learning_rates)} learning rates for {len(checkpoints)} checkpoints: pass "
+                "one per checkpoint or a single float"
+            )
+        self.learning_rates = [float(lr) for lr in learning_rates]
+        self.checkpoints = [
+            match_parameter_names(state_dict_of(c), self.space.names) for c in checkpoints
+        ]
+
+    def _gradients(self, f, params, loader: Iterable[Any], desc: str):
+        for i, batch in enumerate(self._batches(loader, desc)):
+            if i == 0:
+                with torch.no_grad():
+                    self._check_losses(f(params, batch), batch, 0, desc)
+            size = _batch.batch_size(batch)
+            step = self._grad_chunk()
+            for start in range(0, size, step):
+                part = _batch.slice_batch(batch, start, min(start + step, size))
+                yield per_example_gradients(f, params, part, self.space)
+
+    def self_influence(self, loader: Iterable[Any]) -> Tensor:
+        """``[N]``: ``sum_c eta_c ||g_c(x)||^2`` in loader order."""
+        total: Tensor | None = None
+        with analysis_context(self.model):
+            f = self._functional()
+            for ckpt, lr in tqdm(
+                list(zip(self.checkpoints, self.learning_rates, strict=True)),
+                desc="TracIn",
+                disable=not self.config.progress,
+                leave=False,
+            ):
+                params = self._params(ckpt)
+                norms = torch.cat(
+                    [g.square().sum(1).cpu() for g in self._gradients(f, params, loader, "scoring")]
+                )
+                total = lr * norms if total is None else total + lr * norms
+        assert total is not None
+        return total
+
+    def influence(self, train_loader: Iterable[Any], test_loader: Iterable[Any]) -> Tensor:
+        """``[N_test, N_train]``: ``sum_c eta_c <g_c(z), g_c(x)>``."""
+        total: Tensor | None = None
+        with analysis_context(self.model):
+            f = self._functional()
+            for ckpt, lr in zip(self.checkpoints, self.learning_rates, strict=True):
+                params = self._params(ckpt)
+                test = torch.cat(list(self._gradients(f, params, test_loader, "test")))
+                block = torch.cat(
+                    [(test @ g.T).cpu() for g in self._gradients(f, params, train_loader, "train")],
+                    dim=1,
+                )
+                total = lr * block if total is None else total + lr * block
+        assert total is not None
+        return total
