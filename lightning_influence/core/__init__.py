@@ -31,8 +31,8 @@ from lightning_influence.core.scores import (
 __all__ = [
     "ArnoldiResult",
     "DatasetHessian",
-    "EigenvaluePolicy",
     "Eigenpairs",
+    "EigenvaluePolicy",
     "HVPMode",
     "NonFiniteError",
     "ParamSelector",
