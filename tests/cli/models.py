@@ -1,4 +1,4 @@
-"""A tiny LightningModule and DataModule importable by class path (``tests.cli_models.*``),
+"""A tiny LightningModule and DataModule importable by class path (``tests.cli.models.*``),
 for the command-line tests: the CLI imports them the way a user's project would be imported."""
 
 from __future__ import annotations

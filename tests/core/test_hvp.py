@@ -1,10 +1,10 @@
 import pytest
 import torch
-from conftest import Dense, cross_entropy, make_data, make_mlp
 
 from lightning_influence.core.functional_loss import make_functional_loss
 from lightning_influence.core.hvp import DatasetHessian, hvp, resolve_hvp_mode
 from lightning_influence.core.parameters import ParameterSpace
+from tests.conftest import Dense, cross_entropy, make_data, make_mlp
 
 
 @pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev"])

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Dense, cross_entropy, make_data, make_mlp
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
 from lightning_influence import ArnoldiInfluence
 from lightning_influence.core.scores import inverse_eigenvalues
+from tests.conftest import Dense, cross_entropy, make_data, make_mlp
 
 # The MLP's Hessian has a null space (shifting every logit alike changes nothing), so a full
 # Krylov space is smaller than P; K = the number of eigenpairs compared.

@@ -1,7 +1,7 @@
 """The ``lightning-influence`` command line on a checkpoint made here by a real Trainer run.
 
 The CLI runs in-process through ``main(argv)`` (and once as ``python -m lightning_influence``);
-the models are imported by class path from ``tests/cli_models.py``, as a user's project would be.
+the models are imported by class path from ``tests/cli/models.py``, as a user's project would be.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from lightning_influence.cli import main
 from lightning_influence.cli.loading import split_init_args
 from lightning_influence.io.events import read_event
 from lightning_influence.losses import cross_entropy_loss
-from tests.cli_models import TinyClassifier, TinyData
+from tests.cli.models import TinyClassifier, TinyData
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = {"n_iters": 12, "top_k": 5, "hvp_samples": 24, "projection": "grad"}
 FLAGS = ["--n-iters", "12", "--top-k", "5", "--hvp-samples", "24", "--projection", "grad"]
 FLAGS += ["--no-progress", "--device", "cpu"]
-MODEL = ["--model", "tests.cli_models.TinyClassifier", "--data", "tests.cli_models.TinyData"]
+MODEL = ["--model", "tests.cli.models.TinyClassifier", "--data", "tests.cli.models.TinyData"]
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +89,10 @@ def test_score_default_folder_and_lightningcli_config(run, capsys):
         yaml.safe_dump(
             {
                 "model": {
-                    "class_path": "tests.cli_models.TinyClassifier",
+                    "class_path": "tests.cli.models.TinyClassifier",
                     "init_args": {"hidden": 8},
                 },
-                "data": {"class_path": "tests.cli_models.TinyData", "init_args": {"image": True}},
+                "data": {"class_path": "tests.cli.models.TinyData", "init_args": {"image": True}},
             }
         )
     )
@@ -108,7 +108,7 @@ def test_score_default_folder_and_lightningcli_config(run, capsys):
 
 
 def test_influence_loss_method_is_used_by_default(run, tmp_path):
-    model = ["--model", "tests.cli_models.WithInfluenceLoss", "--data", "tests.cli_models.TinyData"]
+    model = ["--model", "tests.cli.models.WithInfluenceLoss", "--data", "tests.cli.models.TinyData"]
     tensorboard = tmp_path / "tb"
     argv = ["--out", tmp_path, "--tensorboard", tensorboard]
     assert cli("score", "--ckpt", run["ckpt"], *model, *FLAGS, *argv) == 0
@@ -185,7 +185,7 @@ def test_init_args_in_lightningcli_spelling():
 
 
 def test_init_args_for_a_module_without_saved_hyperparameters(run, tmp_path):
-    model = ["--model", "tests.cli_models.NoHparams", "--data", "tests.cli_models.TinyData"]
+    model = ["--model", "tests.cli.models.NoHparams", "--data", "tests.cli.models.TinyData"]
     args = [
         "score",
         "--ckpt",
@@ -206,23 +206,23 @@ def test_init_args_for_a_module_without_saved_hyperparameters(run, tmp_path):
     ("argv", "expected"),
     [
         (["--ckpt", "{dir}/nope.ckpt", *MODEL], ["--ckpt", "no such file", "last.ckpt"]),
-        (["--ckpt", "{ckpt}", "--model", "tests.no_such_module.Model", "--data", "tests.cli_models.TinyData"],
+        (["--ckpt", "{ckpt}", "--model", "tests.no_such_module.Model", "--data", "tests.cli.models.TinyData"],
          ["--model 'tests.no_such_module.Model'", "cannot import module", "PYTHONPATH"]),
-        (["--ckpt", "{ckpt}", "--model", "tests.cli_models.Nope", "--data", "tests.cli_models.TinyData"],
+        (["--ckpt", "{ckpt}", "--model", "tests.cli.models.Nope", "--data", "tests.cli.models.TinyData"],
          ["has no 'Nope'", "TinyClassifier"]),
-        (["--ckpt", "{ckpt}", "--model", "tests.cli_models.TinyData", "--data", "tests.cli_models.TinyData"],
+        (["--ckpt", "{ckpt}", "--model", "tests.cli.models.TinyData", "--data", "tests.cli.models.TinyData"],
          ["is not a LightningModule subclass"]),
         (["--ckpt", "{ckpt}", *MODEL, "--model.init_args.hidden", "16"],
          ["does not fit TinyClassifier", "shape mismatch net.1.weight (8, 16) in the checkpoint vs (16, 16)",
           "--model.init_args.NAME"]),
-        (["--ckpt", "{bare}", "--model", "tests.cli_models.NoHparams", "--data", "tests.cli_models.TinyData"],
+        (["--ckpt", "{bare}", "--model", "tests.cli.models.NoHparams", "--data", "tests.cli.models.TinyData"],
          ["NoHparams() failed", "hidden", "--model.init_args.NAME VALUE"]),
         (["--ckpt", "{ckpt}", *MODEL, "--model.init_args.width", "3"], ["unexpected keyword argument 'width'"]),
         (["--ckpt", "{ckpt}", *MODEL], ["TinyClassifier has no influence_loss", "--loss cross_entropy"]),
         (["--ckpt", "{ckpt}", *MODEL, "--loss", "cross_entropy", "--top-k", "50", "--n-iters", "10"],
          ["--top-k 50 exceeds --n-iters 10"]),
         (["--ckpt", "{root}/config.yaml", *MODEL], ["could not be read as a torch checkpoint"]),
-        (["--ckpt", "{ckpt}", "--data", "tests.cli_models.TinyData"], ["no LightningModule: pass --model"]),
+        (["--ckpt", "{ckpt}", "--data", "tests.cli.models.TinyData"], ["no LightningModule: pass --model"]),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_with_the_fix(run, capsys, argv, expected):
@@ -278,7 +278,7 @@ def test_config_with_a_fit_section_and_init_args_only(run, tmp_path, capsys):
                 "fit": {
                     "model": {"hidden": 8},
                     "data": {
-                        "class_path": "tests.cli_models.TinyData",
+                        "class_path": "tests.cli.models.TinyData",
                         "init_args": {"image": True},
                     },
                     "ckpt_path": str(run["ckpt"]),
@@ -286,7 +286,7 @@ def test_config_with_a_fit_section_and_init_args_only(run, tmp_path, capsys):
             }
         )
     )
-    argv = ["spectrum", "--config", config, "--model", "tests.cli_models.TinyClassifier"]
+    argv = ["spectrum", "--config", config, "--model", "tests.cli.models.TinyClassifier"]
     assert cli(*argv, "--loss", "cross_entropy", *FLAGS) == 0
     first = capsys.readouterr().out.splitlines()[1].split()
     assert float(first[1]) == pytest.approx(run["event"].eigenvalues[0].item(), rel=1e-5)

@@ -1,11 +1,11 @@
 import torch
 import torch.nn.functional as F
-from conftest import Dense, cross_entropy, make_data, make_mlp
 from torch import nn
 
 from lightning_influence.core.functional_loss import make_functional_loss
 from lightning_influence.core.parameters import ParameterSpace
 from lightning_influence.core.projection import per_example_gradients, project_grad, project_jvp
+from tests.conftest import Dense, cross_entropy, make_data, make_mlp
 
 
 def _setup():
