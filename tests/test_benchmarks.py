@@ -67,3 +67,21 @@ def test_mnist_table1_quick(tmp_path):
     methods = [row["method"] for row in payload["rows"]]
     assert "LiSSA r=10" in methods and "TracIn[1]" in methods
     assert any(m.startswith("Arnoldi x") for m in methods)
+
+
+def test_detection_metrics_depend_on_the_order_only():
+    # torchmetrics reads scores outside [0, 1] as logits (sigmoid): large self-influence scores
+    # used to tie at 1.0 and understate AP. Scaling or shifting the scores must change nothing.
+    import torch
+
+    common = _load("_common")
+    gen = torch.Generator().manual_seed(0)
+    flipped = torch.rand(400, generator=gen) < 0.1
+    scores = torch.randn(400, generator=gen, dtype=torch.float64) + 2.0 * flipped
+    exact = common.detection_metrics(scores, flipped)
+    for scaled in (scores * 1000 + 50, scores / 1000, scores.exp() * 100):
+        assert common.detection_metrics(scaled, flipped) == pytest.approx(exact, abs=1e-12)
+    # the reference value: AP by hand from the sorted labels
+    hits = flipped[torch.argsort(scores, descending=True)].double()
+    precision = hits.cumsum(0) / torch.arange(1, 401)
+    assert exact["ap"] == pytest.approx(float((precision * hits).sum() / hits.sum()), abs=1e-6)
