@@ -1,8 +1,10 @@
-"""Ready-made per-example losses ``loss_fn(model, batch) -> Tensor[B]`` for common batch layouts.
+"""Per-example losses ``loss_fn(model, batch) -> Tensor[B]``: ready ones, and the contract.
 
 Influence needs one loss per example (``reduction="none"``), computed from the batch exactly as
-training computes it. These helpers cover the usual ``(inputs, targets)`` batches; anything else
-is a three-line function, or an ``influence_loss(self, batch)`` method on the LightningModule.
+training computes it. ``cross_entropy_loss`` and ``mse_loss`` cover the usual ``(inputs,
+targets)`` batches; anything else is a three-line function, or an ``influence_loss(self, batch)``
+method on the model. ``resolve_loss`` is the one place that decides which of the two is used, and
+``check_losses`` the one check that a loss function keeps the contract.
 """
 
 from __future__ import annotations
@@ -10,10 +12,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["cross_entropy_loss", "mse_loss"]
+from lightning_influence.config import ConfigurationError
+from lightning_influence.core.functional_loss import LossFn
+
+__all__ = [
+    "LossFn",
+    "check_losses",
+    "cross_entropy_loss",
+    "loss_name",
+    "mse_loss",
+    "resolve_loss",
+]
 
 
 def _inputs_targets(batch: Any, what: str) -> tuple[Any, Tensor]:
@@ -34,28 +47,32 @@ def _inputs_targets(batch: Any, what: str) -> tuple[Any, Tensor]:
     )
 
 
-def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
+def cross_entropy_loss(model: nn.Module, batch: Any, *, ignore_index: int = -100) -> Tensor:
     """Per-example cross-entropy for ``(inputs, class-index targets)`` batches.
 
-    ``loss[b] = -log softmax(model(x_b))[y_b]``; logits of shape ``[B, C]`` (or ``[B, C, ...]``
-    with targets ``[B, ...]``, averaged over the trailing positions so each example gives one loss).
+    ``loss[b] = -log softmax(model(x_b))[y_b]`` for logits ``[B, C]``. For sequences (logits
+    ``[B, C, T, ...]``, targets ``[B, T, ...]``) an example's loss is the mean over its real
+    positions, those whose target is not ``ignore_index`` (padding):
+    ``loss[b] = sum_t l[b, t] / #{t : y[b, t] != ignore_index}`` (0 for an all-padding example).
 
     Example:
-        >>> import torch
         >>> model = torch.nn.Linear(4, 3)
         >>> cross_entropy_loss(model, (torch.randn(5, 4), torch.randint(0, 3, (5,)))).shape
         torch.Size([5])
     """
     inputs, targets = _inputs_targets(batch, "cross_entropy_loss")
-    losses = F.cross_entropy(model(inputs), targets, reduction="none")
-    return losses.reshape(losses.shape[0], -1).mean(dim=1) if losses.ndim > 1 else losses
+    losses = F.cross_entropy(model(inputs), targets, reduction="none", ignore_index=ignore_index)
+    if losses.ndim == 1:
+        return losses
+    real = (targets != ignore_index).reshape(losses.shape[0], -1)
+    total = losses.reshape(losses.shape[0], -1).sum(dim=1)
+    return total / real.sum(dim=1).clamp(min=1).to(total.dtype)
 
 
 def mse_loss(model: nn.Module, batch: Any) -> Tensor:
     """Per-example squared error ``loss[b] = mean_j (model(x_b)_j - y_b,j)^2`` for regression.
 
     Example:
-        >>> import torch
         >>> model = torch.nn.Linear(4, 2)
         >>> mse_loss(model, (torch.randn(5, 4), torch.randn(5, 2))).shape
         torch.Size([5])
@@ -64,3 +81,67 @@ def mse_loss(model: nn.Module, batch: Any) -> Tensor:
     outputs = model(inputs)
     losses = F.mse_loss(outputs, targets.to(outputs.dtype).reshape(outputs.shape), reduction="none")
     return losses.reshape(losses.shape[0], -1).mean(dim=1)
+
+
+def _module_influence_loss(model: nn.Module, batch: Any) -> Tensor:
+    """``loss_fn`` that defers to the model's ``influence_loss(batch)`` method."""
+    return model.influence_loss(batch)
+
+
+def resolve_loss(loss_fn: LossFn | None, model: nn.Module) -> LossFn:
+    """The per-example loss to use: ``loss_fn``, else the model's ``influence_loss`` method.
+
+    Raises:
+        ConfigurationError: neither is there (the message shows both ways to give one).
+    """
+    if loss_fn is not None:
+        if not callable(loss_fn):
+            raise ConfigurationError(
+                f"loss_fn={loss_fn!r} is not callable: pass loss_fn(model, batch) -> Tensor[B], or "
+                "leave it None and define influence_loss(self, batch) on the model"
+            )
+        return loss_fn
+    if callable(getattr(model, "influence_loss", None)):
+        return _module_influence_loss
+    raise ConfigurationError(
+        "the analysis needs one loss per training example. Either pass loss_fn=..., e.g. "
+        "lightning_influence.losses.cross_entropy_loss for (inputs, class-index targets) batches, "
+        f"or add this method to {type(model).__name__}:\n\n"
+        "    def influence_loss(self, batch):  # -> Tensor[B], one loss per example\n"
+        "        x, y = batch\n"
+        "        return F.cross_entropy(self(x), y, reduction='none')\n"
+    )
+
+
+def loss_name(loss_fn: LossFn | None) -> str:
+    """How manifests name a loss: its qualified name (``influence_loss`` for the method)."""
+    if loss_fn is None or loss_fn is _module_influence_loss:
+        return "influence_loss"
+    return getattr(loss_fn, "__qualname__", None) or repr(loss_fn)
+
+
+def check_losses(losses: Any, batch_size: int, where: str) -> None:
+    """Raise unless ``losses`` is a finite ``Tensor[batch_size]``.
+
+    Args:
+        losses: what the loss function returned.
+        batch_size: examples in the batch.
+        where: named in the message, e.g. ``"batch 3 of the HVP sample loader"``.
+    """
+    if not isinstance(losses, Tensor):
+        raise TypeError(
+            f"loss_fn returned {type(losses).__name__}; it must return a Tensor of per-example "
+            f"losses, shape [{batch_size}]"
+        )
+    if losses.shape != (batch_size,):
+        raise ValueError(
+            f"loss_fn returned a tensor of shape {tuple(losses.shape)} for a batch of {batch_size} "
+            f"examples: it must return one loss per example, shape [{batch_size}] (use "
+            "reduction='none')"
+        )
+    if not bool(torch.isfinite(losses).all()):
+        bad = (~torch.isfinite(losses)).nonzero().flatten()[:5].tolist()
+        raise FloatingPointError(
+            f"loss_fn returned NaN or Inf in {where} (positions {bad} within the batch): check "
+            "those inputs and the model's parameters"
+        )

@@ -27,6 +27,50 @@ def test_cross_entropy_of_sequences_averages_positions():
     torch.testing.assert_close(cross_entropy_loss(model, (x, y)), expected)
 
 
+def test_padded_positions_do_not_count_in_a_sequence_loss():
+    # Bug: the mean over all positions counted ignore_index padding, biasing padded examples.
+    model = nn.Conv1d(4, 3, 1)
+    x, y = torch.randn(3, 4, 6), torch.randint(0, 3, (3, 6))
+    y[0, 4:] = -100  # example 0: 4 real tokens
+    y[2, :] = -100  # example 2: all padding
+    token = F.cross_entropy(model(x), y, reduction="none")  # 0 at padded positions
+    losses = cross_entropy_loss(model, (x, y))
+    torch.testing.assert_close(losses[0], token[0, :4].mean())
+    torch.testing.assert_close(losses[1], token[1].mean())
+    assert losses[2] == 0
+    y2 = y.clamp(min=0)
+    y2[1, 5] = 7  # another ignore index
+    token2 = F.cross_entropy(model(x), y2, reduction="none", ignore_index=7)
+    torch.testing.assert_close(
+        cross_entropy_loss(model, (x, y2), ignore_index=7)[1], token2[1, :5].mean()
+    )
+
+
+def test_resolve_and_check_losses():
+    from lightning_influence.config import ConfigurationError
+    from lightning_influence.losses import check_losses, loss_name, resolve_loss
+
+    class WithMethod(nn.Linear):
+        def influence_loss(self, batch):
+            return cross_entropy_loss(self, batch)
+
+    assert resolve_loss(mse_loss, nn.Linear(2, 2)) is mse_loss
+    method = resolve_loss(None, WithMethod(4, 3))
+    assert loss_name(method) == "influence_loss" and loss_name(None) == "influence_loss"
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    torch.testing.assert_close(method(WithMethod(4, 3), (x, y)).shape, torch.Size([5]))
+    with pytest.raises(ConfigurationError, match="def influence_loss"):
+        resolve_loss(None, nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"shape \[5\] \(use reduction='none'\)"):
+        check_losses(torch.zeros(()), 5, "batch 0")
+    with pytest.raises(
+        FloatingPointError, match=r"in batch 3 of the HVP sample loader \(positions \[1\]"
+    ):
+        check_losses(torch.tensor([0.0, float("nan")]), 2, "batch 3 of the HVP sample loader")
+    with pytest.raises(TypeError, match="must return a Tensor"):
+        check_losses([0.0], 1, "batch 0")
+
+
 def test_mse_is_per_example():
     model = nn.Linear(4, 2)
     x, y = torch.randn(5, 4), torch.randn(5, 2)

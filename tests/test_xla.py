@@ -39,8 +39,9 @@ from lightning_influence.core.functional_loss import make_functional_loss  # noq
 from lightning_influence.core.hvp import DatasetHessian, hvp, resolve_hvp_mode  # noqa: E402
 from lightning_influence.core.parameters import ParameterSpace  # noqa: E402
 from lightning_influence.core.projection import project_grad, project_jvp  # noqa: E402
-from lightning_influence.engines.arnoldi import _graph_cut  # noqa: E402
+from lightning_influence.core.xla import graph_cut  # noqa: E402
 from lightning_influence.io.events import read_event  # noqa: E402
+from lightning_influence.lightning.analysis import hvp_indices  # noqa: E402
 
 XLA = torch_xla.device()
 # The autograd engine sizes its device threads at the first backward of the process: an XLA
@@ -170,7 +171,7 @@ def test_arnoldi_runs_one_cached_graph_per_iteration(basis_device):
         n_iters,
         basis_device=basis_device,
         on_iteration=record,
-        graph_cut=_graph_cut(XLA),
+        graph_cut=graph_cut(XLA),
     )
     assert result.iterations == n_iters and not result.breakdown
     before, after = snapshots[warmup - 1], snapshots[n_iters - 1]
@@ -272,8 +273,9 @@ def test_callback_on_tpu_accelerator_matches_cpu(tmp_path, pjrt_cpu_as_tpu):
     assert type(xla_trainer.strategy).__name__ == "SingleDeviceXLAStrategy"
     assert xla_trainer.strategy.root_device.type == "xla"
     assert [e.name for e in xla_cb.events] == [e.name for e in cpu_cb.events] != []
-    cpu_root = Path(cpu_trainer.log_dir) / "influence"
-    xla_root = Path(xla_trainer.log_dir) / "influence"
+    assert xla_cb.name == cpu_cb.name  # the accelerator is not an argument of the analysis
+    cpu_root = Path(cpu_trainer.log_dir) / "influence" / cpu_cb.name
+    xla_root = Path(xla_trainer.log_dir) / "influence" / xla_cb.name
     assert _files(xla_root) == _files(cpu_root)
     tags = _tags(Path(xla_trainer.log_dir))
     assert tags == _tags(Path(cpu_trainer.log_dir))
@@ -290,7 +292,9 @@ def test_callback_on_tpu_accelerator_matches_cpu(tmp_path, pjrt_cpu_as_tpu):
     # The last event saw the final weights: the CPU engine on those weights gives its numbers.
     event, model = xla_cb.latest_event, copy.deepcopy(xla_model).cpu()
     engine = ArnoldiInfluence(model, cross_entropy, n_iters=10, top_k=4, progress=False)
-    hvp_sample = torch.utils.data.Subset(_Data(), xla_cb.hvp_indices(32).tolist())
+    hvp_sample = torch.utils.data.Subset(
+        _Data(), hvp_indices(32, xla_cb.config.hvp_samples, xla_cb.config.seed).tolist()
+    )
     engine.fit(torch.utils.data.DataLoader(hvp_sample, batch_size=8))
     torch.testing.assert_close(engine.eigenvalues, event.eigenvalues, rtol=1e-4, atol=1e-7)
     scores = engine.self_influence(torch.utils.data.DataLoader(_Data(), batch_size=8)).double()

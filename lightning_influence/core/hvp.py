@@ -72,7 +72,8 @@ class DatasetHessian:
         batches: the HVP sample, already on the device; iterated in the same order every product.
         mode: HVP mode.
         reduce_fn: sum across processes (``None`` for a single process). It receives one flat
-            vector ``[H v summed over local examples, local example count]`` per product.
+            vector per product: ``H v`` summed over this process's examples (the global count
+            ``num_examples`` is known up front, so it does not travel with the vector).
         num_examples: the global number of examples N (the divisor).
     """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -18,19 +18,13 @@ from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import LossFn
 from lightning_influence.core.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
 from lightning_influence.core.parameters import ParamSelector
+from lightning_influence.core.xla import graph_cut
 from lightning_influence.engines.base import ProjectedInfluence, TransferFn, sync_device
+from lightning_influence.losses import check_losses
 
 __all__ = ["ArnoldiInfluence"]
 
 _FORMAT_VERSION = 1
-
-
-def _graph_cut(device: torch.device) -> Callable[[list[Tensor]], None] | None:
-    if device.type != "xla":
-        return None
-    from lightning_influence.core import _xla
-
-    return _xla.sync
 
 
 class ArnoldiInfluence(ProjectedInfluence):
@@ -136,14 +130,18 @@ class ArnoldiInfluence(ProjectedInfluence):
         cfg = self.config
         wall = time.perf_counter()
         with analysis_context(self.model):
-            f, params = self._functional(), self._params()
+            f, params = self.functional_loss(), self.parameters()
             device = self.device
             mode = resolve_hvp_mode(cfg.hvp_mode, device)
 
             cached, count, first = [], 0, None
-            for i, batch in enumerate(self._batches(loader, "HVP sample")):
+            for i, batch in enumerate(self.batches(loader, "HVP sample")):
                 with torch.no_grad():
-                    self._check_losses(f(params, batch), batch, i, "HVP sample")
+                    check_losses(
+                        f(params, batch),
+                        _batch.batch_size(batch),
+                        f"batch {i} of the HVP sample loader",
+                    )
                 count += _batch.batch_size(batch)
                 first = batch if first is None else first
                 if cfg.cache_batches:
@@ -168,7 +166,7 @@ class ArnoldiInfluence(ProjectedInfluence):
                     basis_device=self._directions_device(),
                     basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
                     on_iteration=lambda _: bar.update(),
-                    graph_cut=_graph_cut(device),
+                    graph_cut=graph_cut(device),
                 )
             except NonFiniteError as err:
                 where = "unknown"
@@ -233,4 +231,4 @@ class _Reiterable:
         self.engine, self.loader = engine, loader
 
     def __iter__(self):
-        return self.engine._batches(self.loader, "HVP sample")
+        return self.engine.batches(self.loader, "HVP sample")

@@ -19,9 +19,10 @@ from lightning_influence.config import ScoringConfig, parse_dtype
 from lightning_influence.core import batch as _batch
 from lightning_influence.core import scores
 from lightning_influence.core.context import analysis_context
-from lightning_influence.core.functional_loss import LossFn, make_functional_loss
+from lightning_influence.core.functional_loss import FunctionalLoss, LossFn, make_functional_loss
 from lightning_influence.core.parameters import ParameterSpace, ParamSelector, select_parameters
 from lightning_influence.core.projection import project_grad, project_jvp
+from lightning_influence.losses import check_losses
 
 __all__ = ["TopInfluences"]
 
@@ -88,7 +89,7 @@ class EngineBase:
         dtype = next(iter(select_parameters(self.model, self.param_selector).values())).dtype
         return torch.promote_types(dtype, torch.float32)
 
-    def _params(self, source: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    def parameters(self, source: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """The selected parameters, detached, in the compute dtype (``source`` overrides values)."""
         live = select_parameters(self.model, self.param_selector)
         out = {}
@@ -97,14 +98,16 @@ class EngineBase:
             out[name] = value.detach().to(p.device, self.compute_dtype)
         return out
 
-    def _functional(self):
+    def functional_loss(self) -> FunctionalLoss:
+        """``f(params, batch) -> Tensor[B]``: the loss with parameters swapped in (``torch.func``)."""
         dtype = self.compute_dtype
         model_dtype = next(iter(self.model.parameters())).dtype
         return make_functional_loss(
             self.model, self.loss_fn, None if dtype == model_dtype else dtype
         )
 
-    def _batches(self, loader: Iterable[Any], what: str) -> Iterator[Any]:
+    def batches(self, loader: Iterable[Any], what: str) -> Iterator[Any]:
+        """The batches of ``loader`` on the device, ready for autograd (``what`` names it in errors)."""
         empty = True
         device = self.device  # resolved once, not per batch (it walks the selected parameters)
         for batch in loader:
@@ -119,24 +122,20 @@ class EngineBase:
                 f"the {what} loader yielded no batches: pass a loader over at least one example"
             )
 
-    def _check_losses(self, losses: Any, batch: Any, index: int, what: str) -> None:
-        n = _batch.batch_size(batch)
-        if not isinstance(losses, Tensor):
-            raise TypeError(
-                f"loss_fn returned {type(losses).__name__}; it must return a Tensor of per-example "
-                f"losses, shape [{n}]"
-            )
-        if losses.shape != (n,):
-            raise ValueError(
-                f"loss_fn returned a tensor of shape {tuple(losses.shape)} for a batch of {n} "
-                f"examples: it must return one loss per example, shape [{n}] (use reduction='none')"
-            )
-        if not bool(torch.isfinite(losses).all()):
-            bad = (~torch.isfinite(losses)).nonzero().flatten()[:5].tolist()
-            raise FloatingPointError(
-                f"loss_fn returned NaN or Inf in batch {index} of the {what} loader (positions {bad} "
-                "within the batch): check those inputs and the model's parameters"
-            )
+    def check_losses(self, loader: Iterable[Any], what: str) -> int:
+        """Raise unless every batch of ``loader`` gives finite per-example losses; the example count.
+
+        Under DDP the callback runs this on every rank before the first collective, so that a
+        rank with a bad batch fails together with the others instead of leaving them waiting.
+        """
+        count = 0
+        with analysis_context(self.model), torch.no_grad():
+            f, params = self.functional_loss(), self.parameters()
+            for i, batch in enumerate(self.batches(loader, what)):
+                size = _batch.batch_size(batch)
+                check_losses(f(params, batch), size, f"batch {i} of the {what} loader")
+                count += size
+        return count
 
     def _grad_chunk(self) -> int:
         if self.config.example_chunk is not None:
@@ -178,7 +177,17 @@ class ProjectedInfluence(EngineBase):
     # -- scoring -------------------------------------------------------------------------------
     @property
     def weights(self) -> Tensor:
-        """``w_i ~ 1 / lambda_i`` under the configured eigenvalue policy."""
+        """Deprecated name of ``inverse_eigenvalue_weights``."""
+        warnings.warn(
+            "engine.weights is now engine.inverse_eigenvalue_weights",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.inverse_eigenvalue_weights
+
+    @property
+    def inverse_eigenvalue_weights(self) -> Tensor:
+        """``[k]`` weights ``w_i ~ 1 / lambda_i`` under the configured eigenvalue policy."""
         _, lam = self._require_fitted()
         return scores.inverse_eigenvalues(
             lam,
@@ -243,12 +252,16 @@ class ProjectedInfluence(EngineBase):
         directions, _ = self._require_fitted()
         out = []
         with analysis_context(self.model):
-            f, params = self._functional(), self._params()
+            f, params = self.functional_loss(), self.parameters()
             bar = tqdm(desc=desc, unit="batch", disable=not self.config.progress, leave=False)
-            for i, batch in enumerate(self._batches(loader, "scoring")):
+            for i, batch in enumerate(self.batches(loader, "scoring")):
                 if i == 0:
                     with torch.no_grad():
-                        self._check_losses(f(params, batch), batch, 0, "scoring")
+                        check_losses(
+                            f(params, batch),
+                            _batch.batch_size(batch),
+                            "batch 0 of the scoring loader",
+                        )
                     if self.projection_mode_ is None:
                         self.projection_mode_, first = self._choose_projection(
                             f, params, batch, directions
@@ -273,7 +286,7 @@ class ProjectedInfluence(EngineBase):
     def self_influence(self, loader: Iterable[Any]) -> Tensor:
         """``[N]`` self-influence ``I(x, x) = sum_i w_i <e_i, g_x>^2`` in loader order."""
         projections = self.project(loader, desc="Self-influence")
-        return scores.self_influence(projections, self.weights)
+        return scores.self_influence(projections, self.inverse_eigenvalue_weights)
 
     def influence(self, train_loader: Iterable[Any], test_loader: Iterable[Any]) -> Tensor:
         """``[N_test, N_train]`` influence ``I(x, z) = sum_i w_i <e_i, g_z><e_i, g_x>``.
@@ -282,7 +295,7 @@ class ProjectedInfluence(EngineBase):
         """
         train = self.project(train_loader, desc="Projecting train")
         test = self.project(test_loader, desc="Projecting test")
-        return scores.influence(test, train, self.weights)
+        return scores.influence(test, train, self.inverse_eigenvalue_weights)
 
     def top_influences(
         self, train_loader: Iterable[Any], test_loader: Iterable[Any], k: int = 10

@@ -17,6 +17,7 @@ from lightning_influence.core.functional_loss import LossFn
 from lightning_influence.core.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
 from lightning_influence.core.parameters import ParamSelector
 from lightning_influence.engines.base import ProjectedInfluence, TransferFn
+from lightning_influence.losses import check_losses
 
 __all__ = ["RandomProjectionInfluence"]
 
@@ -64,12 +65,16 @@ class RandomProjectionInfluence(ProjectedInfluence):
         """Build ``M = G H G^T`` (p HVPs over ``loader``) and diagonalize it."""
         cfg = self.config
         with analysis_context(self.model):
-            f, params = self._functional(), self._params()
+            f, params = self.functional_loss(), self.parameters()
             device, dtype = self.device, self.compute_dtype
             batches, count = [], 0
-            for i, batch in enumerate(self._batches(loader, "HVP sample")):
+            for i, batch in enumerate(self.batches(loader, "HVP sample")):
                 with torch.no_grad():
-                    self._check_losses(f(params, batch), batch, i, "HVP sample")
+                    check_losses(
+                        f(params, batch),
+                        _batch.batch_size(batch),
+                        f"batch {i} of the HVP sample loader",
+                    )
                 count += _batch.batch_size(batch)
                 batches.append(batch)
             if reduce_fn is not None:

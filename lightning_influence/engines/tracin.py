@@ -18,6 +18,7 @@ from lightning_influence.core.parameters import ParamSelector
 from lightning_influence.core.projection import per_example_gradients
 from lightning_influence.engines.base import EngineBase, TransferFn
 from lightning_influence.io.checkpoint import match_parameter_names, state_dict_of
+from lightning_influence.losses import check_losses
 
 __all__ = ["TracInInfluence"]
 
@@ -68,10 +69,12 @@ class TracInInfluence(EngineBase):
         ]
 
     def _gradients(self, f, params, loader: Iterable[Any], desc: str):
-        for i, batch in enumerate(self._batches(loader, desc)):
+        for i, batch in enumerate(self.batches(loader, desc)):
             if i == 0:
                 with torch.no_grad():
-                    self._check_losses(f(params, batch), batch, 0, desc)
+                    check_losses(
+                        f(params, batch), _batch.batch_size(batch), f"batch 0 of the {desc} loader"
+                    )
             size = _batch.batch_size(batch)
             step = self._grad_chunk()
             for start in range(0, size, step):
@@ -82,14 +85,14 @@ class TracInInfluence(EngineBase):
         """``[N]``: ``sum_c eta_c ||g_c(x)||^2`` in loader order."""
         total: Tensor | None = None
         with analysis_context(self.model):
-            f = self._functional()
+            f = self.functional_loss()
             for ckpt, lr in tqdm(
                 list(zip(self.checkpoints, self.learning_rates, strict=True)),
                 desc="TracIn",
                 disable=not self.config.progress,
                 leave=False,
             ):
-                params = self._params(ckpt)
+                params = self.parameters(ckpt)
                 norms = torch.cat(
                     [g.square().sum(1).cpu() for g in self._gradients(f, params, loader, "scoring")]
                 )
@@ -101,9 +104,9 @@ class TracInInfluence(EngineBase):
         """``[N_test, N_train]``: ``sum_c eta_c <g_c(z), g_c(x)>``."""
         total: Tensor | None = None
         with analysis_context(self.model):
-            f = self._functional()
+            f = self.functional_loss()
             for ckpt, lr in zip(self.checkpoints, self.learning_rates, strict=True):
-                params = self._params(ckpt)
+                params = self.parameters(ckpt)
                 test = torch.cat(list(self._gradients(f, params, test_loader, "test")))
                 block = torch.cat(
                     [(test @ g.T).cpu() for g in self._gradients(f, params, train_loader, "train")],

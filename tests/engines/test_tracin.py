@@ -45,7 +45,7 @@ def test_tracin_errors(tmp_path):
         TracInInfluence(make_mlp(), cross_entropy, states[:1], [0.1, 0.2])
     with pytest.raises(ValueError, match="checkpoints is empty"):
         TracInInfluence(make_mlp(), cross_entropy, [])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         TracInInfluence(make_mlp(), cross_entropy, [tmp_path / "missing.ckpt"])
     with pytest.raises(KeyError, match="no entries for parameters"):
         TracInInfluence(make_mlp(), cross_entropy, [{"other.weight": torch.zeros(1)}])

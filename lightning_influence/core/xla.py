@@ -1,16 +1,18 @@
-"""torch-xla specifics, imported only when a tensor lives on an XLA device.
+"""torch-xla specifics; torch_xla itself is imported only when a tensor lives on an XLA device.
 
 torch-xla records operations lazily and compiles each distinct graph once; a loop runs at full
-speed only when every iteration cuts the same graph. ``sync`` is that cut for the Arnoldi loop.
+speed only when every iteration cuts the same graph. ``sync`` is that cut for the Arnoldi loop, and
+``graph_cut(device)`` hands it to ``arnoldi`` on XLA devices (None elsewhere).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
-__all__: list[str] = []
+__all__ = ["graph_cut", "sync"]
 
 
 def sync(tensors: Sequence[Tensor] | None = None) -> None:
@@ -24,7 +26,8 @@ def sync(tensors: Sequence[Tensor] | None = None) -> None:
     """
     import torch_xla
 
-    sync_multi = getattr(torch_xla._XLAC, "_xla_sync_multi", None)
+    # torch-xla has no public call that syncs only some tensors (see above).
+    sync_multi = getattr(torch_xla._XLAC, "_xla_sync_multi", None)  # noqa: SLF001
     if tensors is not None and sync_multi is not None:
         lazy = [t for t in tensors if t.device.type == "xla"]  # a CPU basis needs no sync
         if lazy:
@@ -36,3 +39,8 @@ def sync(tensors: Sequence[Tensor] | None = None) -> None:
 
         step = xm.mark_step
     step()
+
+
+def graph_cut(device: torch.device) -> Callable[[list[Tensor]], None] | None:
+    """``sync`` on an XLA device (``arnoldi``'s ``graph_cut``), None elsewhere."""
+    return sync if device.type == "xla" else None
