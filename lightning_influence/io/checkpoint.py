@@ -6,6 +6,7 @@ hyper-parameters and loop state besides tensors): load only checkpoints you trus
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CheckpointError", "match_parameter_names", "read_checkpoint", "state_dict_of"]
+__all__ = [
+    "CheckpointError",
+    "match_parameter_names",
+    "read_checkpoint",
+    "saved_init_args",
+    "state_dict_of",
+]
 
 CheckpointSource = dict[str, Any] | str | os.PathLike
 
@@ -41,19 +48,21 @@ def read_checkpoint(path: str | os.PathLike, *, lightning: bool = True) -> dict[
             found = sorted(p.name for p in file.parent.glob("*.ckpt"))[:5]
             if found:
                 hint = f" ({file.parent} holds {', '.join(found)})"
-        raise FileNotFoundError(f"checkpoint {os.fspath(path)!r} does not exist{hint}")
+        raise FileNotFoundError(
+            f"{os.fspath(path)}: no such file{hint}; pass the path of a checkpoint file"
+        )
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as err:
         first = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
-            f"checkpoint {os.fspath(path)!r} could not be read by torch.load "
-            f"({type(err).__name__}: {first}): pass a file written by Lightning or torch.save"
+            f"{os.fspath(path)} could not be read as a torch checkpoint "
+            f"({type(err).__name__}: {first}): pass a .ckpt written by Lightning"
         ) from None
     if lightning and (not isinstance(checkpoint, dict) or "state_dict" not in checkpoint):
         raise CheckpointError(
-            f"checkpoint {os.fspath(path)!r} has no 'state_dict': it is not a Lightning checkpoint "
-            "(save one with Trainer/ModelCheckpoint, or load plain weights in Python)"
+            f"{os.fspath(path)} has no 'state_dict': it is not a Lightning checkpoint (save one "
+            "with Trainer/ModelCheckpoint, or load plain weights in Python)"
         )
     return checkpoint
 
@@ -91,3 +100,21 @@ def match_parameter_names(state: dict[str, Tensor], names: Sequence[str]) -> dic
         f"checkpoint has no entries for parameters {missing}: pass checkpoints of this model "
         "(state_dict() of the same architecture, or a Lightning checkpoint of it)"
     )
+
+
+def saved_init_args(
+    cls: type, checkpoint: dict[str, Any], key: str = "hyper_parameters"
+) -> dict[str, Any]:
+    """The init arguments a run saved (``save_hyperparameters``) that ``cls`` accepts.
+
+    ``key`` is ``"hyper_parameters"`` for the LightningModule, ``"datamodule_hyper_parameters"``
+    for the DataModule.
+    """
+    saved = checkpoint.get(key) or {}
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return dict(saved)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(saved)
+    return {k: v for k, v in saved.items() if k in params}

@@ -2,10 +2,14 @@
 
 One scoring event (an analysis at some epoch and step) is a folder::
 
-    <root>/epoch=E-step=S/
+    <log_dir>/influence/<name>/epoch=E-step=S/
         self_influence.csv   index,self_influence      (one row per training example, by dataset index)
         eigenvalues.csv      rank,eigenvalue,residual  (sorted by |eigenvalue|, descending)
-        manifest.json        arguments, epoch, step, timings, package versions
+        manifest.json        uid, arguments, epoch, step, timings, package versions
+
+``<name>`` is the analysis' name (``InfluenceCallback(name=...)``; by default a short hash of its
+arguments), so analyses with other arguments never share a folder; writing into an event folder
+made with other arguments is refused (``check_event_folder``).
 
 ``pandas.read_csv(folder / "self_influence.csv", index_col="index")`` reads the scores in one call.
 Every file is written to a temporary name and renamed into place, so a crash never leaves a
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -23,9 +29,18 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
+from lightning_influence.config import ConfigurationError
 from lightning_influence.io.atomic import atomic_write
 
-__all__ = ["ScoringEvent", "latest_event_dir", "read_event", "write_event"]
+__all__ = [
+    "ScoringEvent",
+    "check_event_folder",
+    "latest_event_dir",
+    "load_event",
+    "load_events",
+    "read_event",
+    "write_event",
+]
 
 SCORES_FILE = "self_influence.csv"
 EIGENVALUES_FILE = "eigenvalues.csv"
@@ -44,6 +59,8 @@ class ScoringEvent:
         residuals: ``[k]`` Ritz residual estimates (NaN where unknown).
         directory: the event's folder, once written.
         manifest: arguments, timings and versions (JSON-serializable).
+        uid: unique id of this event (in its manifest too): a newer analysis of the same step
+            is a new event, and caches key on it.
     """
 
     epoch: int
@@ -53,6 +70,7 @@ class ScoringEvent:
     residuals: Tensor | None = None
     directory: str | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def name(self) -> str:
@@ -68,16 +86,48 @@ class ScoringEvent:
             "residuals": None if self.residuals is None else self.residuals.cpu(),
             "directory": self.directory,
             "manifest": self.manifest,
+            "uid": self.uid,
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> ScoringEvent:
-        return cls(**state)
+        return cls(**state)  # states saved before uids existed get a new one
+
+
+def check_event_folder(folder: str | os.PathLike, arguments: dict[str, Any]) -> None:
+    """Refuse to write into an event folder that an analysis with other ``arguments`` made
+    (each key of ``arguments`` is compared with the manifest's ``arguments``).
+
+    Raises:
+        ConfigurationError: naming the arguments that differ and the ways out.
+    """
+    manifest_path = Path(folder) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return
+    try:
+        theirs = json.loads(manifest_path.read_text()).get("arguments", {})
+    except (OSError, ValueError):
+        theirs = {}
+    ours = json.loads(json.dumps(arguments, default=str))
+    differing = sorted(k for k in ours if ours[k] != theirs.get(k))
+    if differing:
+        shown = ", ".join(
+            f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differing[:4]
+        )
+        raise ConfigurationError(
+            f"{folder} holds an event made with other arguments ({shown}); it is not "
+            "overwritten: give this analysis another name= (or dirpath=), or delete that folder"
+        )
 
 
 def write_event(event: ScoringEvent, root: str | os.PathLike) -> Path:
-    """Write ``event`` under ``root/event.name`` atomically; sets ``event.directory``."""
+    """Write ``event`` under ``root/event.name`` atomically; sets ``event.directory``.
+
+    The manifest (which marks the folder complete) goes last; an older manifest there is removed
+    first, so that a crash half-way never pairs the old manifest with new scores.
+    """
     folder = Path(root) / event.name
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
     scores = event.self_influence.detach().cpu().double().tolist()
     lam = event.eigenvalues.detach().cpu().double().tolist()
     res = (
@@ -98,7 +148,12 @@ def write_event(event: ScoringEvent, root: str | os.PathLike) -> Path:
 
     atomic_write(folder / SCORES_FILE, write_scores)
     atomic_write(folder / EIGENVALUES_FILE, write_eigenvalues)
-    manifest = {"epoch": event.epoch, "global_step": event.global_step, **event.manifest}
+    manifest = {
+        "uid": event.uid,
+        "epoch": event.epoch,
+        "global_step": event.global_step,
+        **event.manifest,
+    }
     atomic_write(folder / MANIFEST_FILE, lambda h: json.dump(manifest, h, indent=2, default=str))
     event.directory = str(folder)
     return folder
@@ -139,19 +194,80 @@ def read_event(folder: str | os.PathLike) -> ScoringEvent:
         residuals=torch.tensor(eig["residual"], dtype=torch.float64),
         directory=str(folder),
         manifest=manifest,
+        uid=str(manifest.get("uid") or uuid.uuid5(uuid.NAMESPACE_URL, str(folder.resolve())).hex),
     )
 
 
-def latest_event_dir(root: str | os.PathLike) -> Path:
-    """The complete event folder under ``root`` with the highest (epoch, step)."""
-    root = Path(root)
+def _complete_events(root: Path) -> list[tuple[tuple[int, int], Path]]:
     found = []
     for child in root.glob("epoch=*-step=*"):
         if (child / MANIFEST_FILE).is_file():
-            epoch, step = child.name.removeprefix("epoch=").split("-step=")
-            found.append(((int(epoch), int(step)), child))
+            epoch, _, step = child.name.removeprefix("epoch=").partition("-step=")
+            if epoch.isdigit() and step.isdigit():
+                found.append(((int(step), int(epoch)), child))
+    return found
+
+
+def latest_event_dir(root: str | os.PathLike) -> Path:
+    """The newest complete event folder (highest step, then epoch) under ``root``.
+
+    ``root`` is one analysis' folder (``influence/<name>``) or the ``influence/`` folder above it
+    when it holds the events of a single analysis name.
+
+    Raises:
+        FileNotFoundError: no complete event there.
+        ConfigurationError: ``root`` holds the events of several analysis names (which one is
+            meant is the caller's choice: the message lists them).
+    """
+    root = Path(root)
+    found = _complete_events(root)
+    if not found:
+        named = {
+            child.name: events
+            for child in sorted(root.glob("*"))
+            if child.is_dir() and (events := _complete_events(child))
+        }
+        if len(named) > 1:
+            raise ConfigurationError(
+                f"{root} holds the events of several analyses ({', '.join(named)}): pass the "
+                "folder of one of them"
+            )
+        found = next(iter(named.values()), [])
     if not found:
         raise FileNotFoundError(
             f"no complete scoring event (epoch=E-step=S/{MANIFEST_FILE}) under {root}"
         )
     return max(found)[1]
+
+
+EventSource = ScoringEvent | str | os.PathLike
+
+
+def load_event(source: EventSource) -> ScoringEvent:
+    """A scoring event from an event, an event folder, an analysis' folder of events (the newest),
+    or a log dir (``<log_dir>/influence/...``)."""
+    if isinstance(source, ScoringEvent):
+        return source
+    path = Path(source)
+    if (path / MANIFEST_FILE).is_file():
+        return read_event(path)
+    for root in (path, path / "influence"):
+        if root.is_dir():
+            try:
+                return read_event(latest_event_dir(root))
+            except FileNotFoundError:
+                continue
+    raise FileNotFoundError(
+        f"{os.fspath(source)!r} is neither a scoring event folder (epoch=E-step=S with "
+        "manifest.json) nor a folder holding such events (an InfluenceCallback's influence/<name>/ "
+        "folder, or the log_dir above it)"
+    )
+
+
+def load_events(sources: EventSource | Sequence[EventSource] | None) -> list[ScoringEvent]:
+    """``load_event`` of each source (one source, a list of them, or None for none)."""
+    if sources is None:
+        return []
+    if isinstance(sources, (str, os.PathLike, ScoringEvent)):
+        sources = [sources]
+    return [load_event(s) for s in sources]

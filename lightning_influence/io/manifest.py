@@ -1,0 +1,103 @@
+"""What a manifest says: every argument of the analysis (``asdict`` of its config) and provenance.
+
+``arguments`` is also what names an analysis: ``analysis_name`` is a short hash of it, so that two
+analyses with other arguments never write into the same folder, and what ``check_event_folder``
+compares before writing over an event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_influence.config import AnalysisConfig
+from lightning_influence.losses import LossFn, loss_name
+
+__all__ = [
+    "SCHEDULE_FIELDS",
+    "analysis_arguments",
+    "analysis_name",
+    "build_manifest",
+    "scoring_arguments",
+    "versions",
+]
+
+# Fields that change what is shown, never what is computed: left out of the arguments.
+_DISPLAY_ONLY = ("progress",)
+# Fields that say when and how an analysis runs, not what an event holds: in the manifest, but
+# not in the name of the analysis' folder nor in the comparison before writing over an event.
+SCHEDULE_FIELDS = (
+    "every_n_epochs",
+    "at_train_end",
+    "on_error",
+    "log_top_n",
+    "max_events",
+    "num_workers",
+)
+
+
+def analysis_arguments(config: AnalysisConfig, loss_fn: LossFn | None) -> dict[str, Any]:
+    """Every argument of an analysis as plain JSON types (a predicate ``params`` by its name)."""
+    arguments = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in _DISPLAY_ONLY
+    }
+    params = arguments["params"]
+    if callable(params):
+        arguments["params"] = getattr(params, "__qualname__", repr(params))
+    arguments["loss_fn"] = loss_name(loss_fn)
+    return json.loads(json.dumps(arguments, default=str))
+
+
+def scoring_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that decide what an event holds (``arguments`` less ``SCHEDULE_FIELDS``)."""
+    return {k: v for k, v in arguments.items() if k not in SCHEDULE_FIELDS}
+
+
+def analysis_name(arguments: dict[str, Any]) -> str:
+    """A short, stable name for an analysis: ``arnoldi-`` and 8 hex digits of the SHA-1 of its
+    scoring arguments (so callbacks that differ only in when they run share a folder).
+
+    Example:
+        >>> analysis_name({"n_iters": 200, "top_k": 100})
+        'arnoldi-bbd80d3c'
+    """
+    scoring = scoring_arguments(arguments)
+    digest = hashlib.sha1(json.dumps(scoring, sort_keys=True).encode()).hexdigest()
+    return f"arnoldi-{digest[:8]}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that made a result."""
+    import lightning_influence
+
+    out = {
+        "lightning_influence": lightning_influence.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+        "python": platform.python_version(),
+    }
+    try:
+        import pytorch_lightning
+
+        out["pytorch_lightning"] = str(pytorch_lightning.__version__)
+    except ImportError:  # pragma: no cover - the Lightning layer needs it
+        pass
+    return out
+
+
+def build_manifest(arguments: dict[str, Any], **provenance: Any) -> dict[str, Any]:
+    """``{"method": "arnoldi", "arguments": ..., **provenance, "versions": ...}`` as plain JSON.
+
+    Plain JSON types only: the manifest also goes into checkpoints, which Lightning may load with
+    ``weights_only=True`` (``torch.__version__`` is a TorchVersion, not a str).
+    """
+    manifest = {"method": "arnoldi", "arguments": arguments, **provenance, "versions": versions()}
+    return json.loads(json.dumps(manifest, default=str))
