@@ -1,9 +1,9 @@
 """Where an analysis runs: a Trainer's strategy (one or many processes) or a single process.
 
-The callback's analysis needs a few things from its surroundings: how batches reach the device,
-how processes sum, gather, broadcast and agree, which loggers to feed, and whether to show progress.
-``Runtime`` gathers them, so that the analysis itself is written once for ``trainer.fit``,
-on-demand calls and saved checkpoints.
+An analysis needs a few things from its surroundings: how batches reach the device, how processes
+sum, gather, broadcast and agree, which loggers to feed, and whether to show progress. ``Runtime``
+gathers them, so that ``run_analysis`` is written once for ``trainer.fit``, on-demand calls and
+saved checkpoints.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.loggers import Logger
 from torch import Tensor, nn
 
-__all__: list[str] = []
+__all__ = ["Runtime", "preserved_rng_states", "score_shard"]
 
 
 @dataclass
@@ -43,28 +43,45 @@ class Runtime:
     def of(
         cls, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: bool | None
     ) -> Runtime:
+        """The runtime of a Trainer: its strategy, ranks, loggers and precision."""
         strategy = trainer.strategy
         if progress is None:
             bar = trainer.progress_bar_callback
             progress = bar is not None and bool(getattr(bar, "is_enabled", True))
-
-        def transfer(batch: Any) -> Any:
-            # Lightning >= 2.5 applies ``on_before_batch_transfer`` outside batch_to_device.
-            before = getattr(pl_module, "_on_before_batch_transfer", None)
-            if before is not None:
-                batch = before(batch, dataloader_idx=0)
-            return strategy.batch_to_device(batch)
-
         return cls(
             module=pl_module,
             device=strategy.root_device,
-            transfer=transfer,
+            transfer=_transfer(pl_module, strategy.batch_to_device),
             strategy=strategy,
             world_size=trainer.world_size,
             rank=trainer.global_rank,
             loggers=list(trainer.loggers),
             progress=progress,
             precision=str(trainer.precision),
+        )
+
+    @classmethod
+    def standalone(
+        cls,
+        module: pl.LightningModule,
+        device: torch.device,
+        loggers: Sequence[Logger] = (),
+        progress: bool = True,
+    ) -> Runtime:
+        """One process without a Trainer (a saved checkpoint): the module's own transfer hooks."""
+
+        def move(batch: Any) -> Any:
+            batch = module.transfer_batch_to_device(batch, device, 0)
+            return module.on_after_batch_transfer(batch, 0)
+
+        dtype = next(module.parameters()).dtype
+        return cls(
+            module=module,
+            device=device,
+            transfer=_transfer(module, move),
+            loggers=list(loggers),
+            progress=progress,
+            precision=_PRECISION_NAMES.get(dtype, str(dtype).removeprefix("torch.")),
         )
 
     @property
@@ -120,6 +137,10 @@ class Runtime:
                 for b, old in zip(buffers, saved, strict=True):
                     b.copy_(old)
 
+    def broadcast(self, obj: Any) -> Any:
+        """Global zero's ``obj`` on every rank."""
+        return obj if self.world_size == 1 else self.strategy.broadcast(obj)
+
     def gather(self, local: Tensor) -> Tensor:
         """Concatenate equal-sized per-rank shards in rank order."""
         if self.world_size == 1:
@@ -137,12 +158,29 @@ def score_shard(num_examples: int, world_size: int, rank: int) -> list[int]:
     return block + [num_examples - 1] * (per_rank - len(block))
 
 
-def standalone_transfer(module: pl.LightningModule, device: torch.device) -> Callable[[Any], Any]:
+# Lightning's names (``Trainer(precision=...)``) for a model held in one dtype, so that manifests
+# of saved checkpoints and of training runs say the same thing.
+_PRECISION_NAMES = {
+    torch.float64: "64-true",
+    torch.float32: "32-true",
+    torch.bfloat16: "bf16-true",
+    torch.float16: "16-true",
+}
+
+
+def _transfer(module: pl.LightningModule, move: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The one batch-transfer path: ``on_before_batch_transfer``, then ``move`` to the device.
+
+    Lightning >= 2.5 applies ``on_before_batch_transfer`` outside ``batch_to_device``. Its private
+    ``_on_before_batch_transfer`` picks the DataModule's hook or the module's, as training does;
+    there is no public equivalent (older Lightning has no such method: ``move`` applies the hook).
+    """
+    before = getattr(module, "_on_before_batch_transfer", None)
+
     def transfer(batch: Any) -> Any:
-        before = getattr(module, "_on_before_batch_transfer", None)
         if before is not None:
             batch = before(batch, dataloader_idx=0)
-        return module._apply_batch_transfer_handler(batch, device=device)
+        return move(batch)
 
     return transfer
 

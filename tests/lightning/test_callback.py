@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_influence import ArnoldiInfluence, InfluenceCallback
 from lightning_influence.io.events import read_event
+from lightning_influence.lightning.analysis import hvp_indices
 from lightning_influence.losses import cross_entropy_loss
 
 N, D, C = 40, 6, 3
@@ -96,7 +97,7 @@ def loader(shuffle: bool = True, data: Dataset | None = None) -> DataLoader:
 def fit(tmp_path, callback=None, max_epochs=2, seed=0, model=None, **kwargs):
     pl.seed_everything(seed, verbose=False)
     model = (model or TinyModule)() if model is None or isinstance(model, type) else model
-    callbacks = [callback] if callback is not None else []
+    callbacks = kwargs.pop("callbacks", None) or ([callback] if callback is not None else [])
     trainer = trainer_for(tmp_path, callbacks, max_epochs=max_epochs, **kwargs)
     trainer.fit(model, train_dataloaders=kwargs.pop("dl", None) or loader())
     return trainer, model
@@ -112,7 +113,7 @@ def fit(tmp_path, callback=None, max_epochs=2, seed=0, model=None, **kwargs):
         ({"on_error": "ignore"}, ValueError, "on_error='ignore'"),
         ({"eigenvalue_policy": "inverse"}, ValueError, "eigenvalue_policy='inverse'"),
         ({"projection": "fast"}, ValueError, "projection='fast'"),
-        ({"n_iter": 10}, TypeError, "unknown arguments \\['n_iter'\\]"),
+        ({"n_iter": 10}, TypeError, "unexpected keyword argument 'n_iter'.*AnalysisConfig"),
         ({"loss_fn": "cross_entropy"}, TypeError, "not callable"),
     ],
 )
@@ -146,7 +147,7 @@ def test_fit_scores_every_epoch_and_writes_events(tmp_path):
         (1, 2 * steps_per_epoch),
         (2, 3 * steps_per_epoch),
     ]  # the train-end analysis is skipped: the last epoch end saw the final weights
-    root = Path(trainer.log_dir) / "influence"
+    root = Path(trainer.log_dir) / "influence" / callback.name
     assert sorted(p.name for p in root.iterdir()) == [e.name for e in callback.events]
     event = callback.latest_event
     assert event is callback.events[-1]
@@ -177,7 +178,9 @@ def test_fit_scores_every_epoch_and_writes_events(tmp_path):
 
     # scores are keyed by dataset index (the train loader shuffles): compare with the engine
     engine = ArnoldiInfluence(model, cross_entropy_loss, n_iters=12, top_k=5, progress=False)
-    hvp = Subset(TinyData(), callback.hvp_indices(N).tolist())
+    hvp = Subset(
+        TinyData(), hvp_indices(N, callback.config.hvp_samples, callback.config.seed).tolist()
+    )
     engine.fit(DataLoader(hvp, batch_size=8))
     torch.testing.assert_close(engine.eigenvalues, event.eigenvalues, rtol=1e-5, atol=0)
     expected = engine.self_influence(loader(shuffle=False)).double()
@@ -194,7 +197,7 @@ def test_every_n_epochs_and_train_end(tmp_path):
     spe = math.ceil(N / 8)
     assert [(e.epoch, e.global_step) for e in callback.events] == [(1, 2 * spe), (2, 3 * spe)]
     assert [e.manifest["trigger"] for e in callback.events] == ["epoch_end", "train_end"]
-    root = Path(trainer.log_dir) / "influence"
+    root = Path(trainer.log_dir) / "influence" / callback.name
     assert sorted(p.name for p in root.iterdir()) == [
         f"epoch=1-step={2 * spe}",
         f"epoch=2-step={3 * spe}",
@@ -214,11 +217,16 @@ def test_only_at_train_end_and_on_demand(tmp_path):
     )
     trainer, model = fit(tmp_path, callback, max_epochs=2)
     assert [e.manifest["trigger"] for e in callback.events] == ["train_end"]
-    assert [p.name for p in (tmp_path / "scores").iterdir()] == [callback.events[0].name]
+    folder = tmp_path / "scores" / callback.name
+    assert [p.name for p in folder.iterdir()] == [callback.events[0].name]
     first = callback.latest_event
     again = callback.analyze(trainer, model)
     assert callback.events == [again]  # max_events=1: only the newest stays in memory
-    assert len(list((tmp_path / "scores").iterdir())) == 2  # the files keep both
+    # the same weights are one state with one name (the epoch of the last batch), whoever asks:
+    # the newer event replaced the older one in its folder
+    assert again.name == first.name and again.uid != first.uid
+    assert [p.name for p in folder.iterdir()] == [first.name]
+    assert read_event(folder / first.name).uid == again.uid
     torch.testing.assert_close(again.eigenvalues, first.eigenvalues)
     torch.testing.assert_close(again.self_influence, first.self_influence, rtol=1e-5, atol=1e-7)
 
@@ -227,7 +235,7 @@ def test_influence_loss_method_is_used(tmp_path):
     callback = InfluenceCallback(**FAST)
     fit(tmp_path, callback, max_epochs=1, model=MethodLossModule())
     assert len(callback.events) == 1
-    assert callback.latest_event.manifest["arguments"]["loss_fn"] == "_module_influence_loss"
+    assert callback.latest_event.manifest["arguments"]["loss_fn"] == "influence_loss"
 
 
 class NoisyAugment(TinyModule):
@@ -348,7 +356,7 @@ def test_resume_from_a_mid_run_checkpoint(tmp_path):
     for a, b in zip(resumed.events[1:], full.events[1:], strict=True):
         torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-5, atol=0)
         torch.testing.assert_close(a.self_influence, b.self_influence, rtol=1e-4, atol=1e-7)
-    assert (Path(trainer.log_dir) / "influence" / resumed.latest_event.name).is_dir()
+    assert (Path(trainer.log_dir) / "influence" / resumed.name / resumed.latest_event.name).is_dir()
 
 
 def test_analyze_checkpoint_writes_the_same_event(tmp_path):
@@ -365,7 +373,7 @@ def test_analyze_checkpoint_writes_the_same_event(tmp_path):
             path, TinyModule, loader(), loss_fn=cross_entropy_loss, device="cpu", **FAST
         )
     assert (event.epoch, event.global_step) == (1, callback.latest_event.global_step)
-    assert Path(event.directory) == tmp_path / "run" / "influence" / event.name
+    assert Path(event.directory) == tmp_path / "run" / "influence" / callback.name / event.name
     assert (Path(event.directory) / "manifest.json").is_file()
     assert event.manifest["trigger"] == "checkpoint"
     torch.testing.assert_close(
@@ -380,7 +388,7 @@ def test_analyze_checkpoint_writes_the_same_event(tmp_path):
         path, instance, loader(), dirpath=tmp_path / "other", loss_fn=cross_entropy_loss, **FAST
     )
     torch.testing.assert_close(again.eigenvalues, event.eigenvalues)
-    assert Path(again.directory).parent == tmp_path / "other"
+    assert Path(again.directory).parent == tmp_path / "other" / callback.name
 
 
 def test_state_dict_round_trip():
@@ -388,7 +396,12 @@ def test_state_dict_round_trip():
     assert callback.state_dict()["events"] == []
     other = InfluenceCallback(cross_entropy_loss, **FAST)
     assert other.state_key == callback.state_key
-    assert "n_iters" in callback.state_key
+    assert callback.name in callback.state_key
+    # every argument names the analysis: callbacks differing in one never share folder or key
+    assert (
+        InfluenceCallback(cross_entropy_loss, params=["0"], **FAST).state_key != callback.state_key
+    )
+    assert InfluenceCallback(cross_entropy_loss, every_n_epochs=3, **FAST).name == callback.name
     with pytest.raises(RuntimeError, match="no scores yet"):
         callback.latest_scores()
 
@@ -439,12 +452,15 @@ def test_ddp_matches_one_process(tmp_path):
         assert a["manifest"]["world_size"] == 2
     final = ranks[0][-1]
     assert final["self_influence"].shape == (N + 1,)
-    folders = sorted(p.name for p in (tmp_path / "logs" / "version_0" / "influence").iterdir())
+    (analysis,) = (tmp_path / "logs" / "version_0" / "influence").iterdir()
+    folders = sorted(p.name for p in analysis.iterdir())
     assert folders == [f"epoch={e['epoch']}-step={e['global_step']}" for e in ranks[0]]
 
     # one process, same weights (ddp_spawn hands rank 0's final state back to this process)
     engine = ArnoldiInfluence(model, cross_entropy_loss, n_iters=12, top_k=5, progress=False)
-    hvp = Subset(data, callback.hvp_indices(N + 1).tolist())
+    hvp = Subset(
+        data, hvp_indices(N + 1, callback.config.hvp_samples, callback.config.seed).tolist()
+    )
     engine.fit(DataLoader(hvp, batch_size=8))
     torch.testing.assert_close(engine.eigenvalues, final["eigenvalues"], rtol=1e-5, atol=0)
     scores = engine.self_influence(DataLoader(data, batch_size=8)).double()
@@ -556,3 +572,62 @@ def test_ddp_failure_on_one_rank_is_skipped_on_all(tmp_path):
     trainer.fit(TinyModule(), train_dataloaders=DataLoader(TinyData(), batch_size=8))
     assert [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)] == [[], []]
     assert not (tmp_path / "logs" / "version_0" / "influence").exists()
+
+
+# -- identity and naming of events (issue 10's bugs) -------------------------------------------------
+def test_two_callbacks_keep_their_own_folders_and_state(tmp_path):
+    # Bug: two callbacks with other arguments wrote into one epoch=E-step=S folder, and two that
+    # differed only in params made the Trainer refuse a duplicate state_key.
+    every = InfluenceCallback(cross_entropy_loss, **FAST)
+    last = InfluenceCallback(cross_entropy_loss, params=["net.4"], **FAST)
+    assert every.name != last.name and every.state_key != last.state_key
+    trainer, _ = fit(tmp_path, None, max_epochs=1, callbacks=[every, last])
+    root = Path(trainer.log_dir) / "influence"
+    assert sorted(p.name for p in root.iterdir()) == sorted([every.name, last.name])
+    assert every.latest_event.manifest["num_params"] > last.latest_event.manifest["num_params"]
+    for callback in (every, last):
+        on_disk = read_event(root / callback.name / callback.latest_event.name)
+        assert on_disk.uid == callback.latest_event.uid
+        assert on_disk.manifest["arguments"]["params"] == callback.config.params
+
+
+def test_a_max_steps_stop_names_one_state_once(tmp_path):
+    # Bug: after a max_steps stop mid-epoch, train end named the weights epoch=1-step=7 and
+    # analyze() epoch=2-step=7: two folders for one state.
+    callback = InfluenceCallback(cross_entropy_loss, every_n_epochs=0, **FAST)
+    trainer, model = fit(tmp_path, callback, max_epochs=5, max_steps=7)  # 5 batches an epoch
+    assert trainer.global_step == 7
+    assert [e.name for e in callback.events] == ["epoch=1-step=7"]
+    again = callback.analyze(trainer, model)
+    assert again.name == "epoch=1-step=7"
+    root = Path(trainer.log_dir) / "influence" / callback.name
+    assert [p.name for p in root.iterdir()] == ["epoch=1-step=7"]
+
+
+def test_fast_dev_run_writes_nothing(tmp_path):
+    callback = InfluenceCallback(cross_entropy_loss, **FAST)
+    fit(tmp_path, callback, max_epochs=2, fast_dev_run=True, logger=False)
+    assert callback.events == []
+    assert not list(tmp_path.rglob("self_influence.csv"))
+
+
+def test_state_version_is_checked():
+    callback = InfluenceCallback(cross_entropy_loss, **FAST)
+    state = callback.state_dict()
+    assert state["version"] == 2 and state["name"] == callback.name
+    with pytest.raises(ValueError, match="newer than this lightning-influence"):
+        callback.load_state_dict({**state, "version": 99})
+    # a version-1 state (no uids, no last position) still loads; its events get uids
+    event = {"epoch": 0, "global_step": 5, "self_influence": torch.ones(3),
+             "eigenvalues": torch.ones(1), "residuals": None, "directory": None, "manifest": {}}  # fmt: skip
+    callback.load_state_dict({"version": 1, "events": [event]})
+    assert callback.latest_event.uid and callback.latest_event.global_step == 5
+
+
+def test_from_config_and_defaults_come_from_the_config():
+    from lightning_influence import AnalysisConfig
+
+    fast = AnalysisConfig.fast(top_k=20)
+    callback = InfluenceCallback.from_config(fast, cross_entropy_loss)
+    assert callback.config == fast
+    assert InfluenceCallback(cross_entropy_loss).config == AnalysisConfig()

@@ -1,0 +1,181 @@
+"""The one analysis pipeline: ``InfluenceCallback``, ``analyze_checkpoint`` and the CLI run it.
+
+``run_analysis`` takes a model (in a ``Runtime``), the training loader and an ``AnalysisConfig``:
+
+1. fits ``ArnoldiInfluence`` on a fixed, seeded sample of the training data (the HVP sample):
+   the top-k eigenpairs ``(lambda_i, e_i)`` of the Hessian H of the mean training loss;
+2. scores every training example, in dataset-index order, with its self-influence
+   ``I(x, x) = sum_i w_i <e_i, g_x>^2``, ``w_i ~ 1 / lambda_i``;
+3. writes ``<root>/epoch=E-step=S/`` (see ``lightning_influence.io.events``) and logs spectra,
+   histograms and the most self-influential examples to the runtime's loggers.
+
+Under DDP every rank computes HVPs on its share of the HVP sample (one collective per product),
+scores its shard of the dataset, the shards are gathered, and global zero writes the files.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_influence.config import AnalysisConfig, ConfigurationError
+from lightning_influence.engines.arnoldi import ArnoldiInfluence
+from lightning_influence.io.events import ScoringEvent, check_event_folder, write_event
+from lightning_influence.io.manifest import analysis_arguments, build_manifest, scoring_arguments
+from lightning_influence.lightning.loaders import LoaderParts, loader_parts, ordered_loader
+from lightning_influence.lightning.loggers import log_event
+from lightning_influence.lightning.runtime import Runtime, preserved_rng_states, score_shard
+from lightning_influence.losses import LossFn, resolve_loss
+
+__all__ = ["Trigger", "fit_engine", "hvp_indices", "run_analysis"]
+
+Trigger = Literal["epoch_end", "train_end", "manual", "checkpoint"]
+
+
+def hvp_indices(num_examples: int, hvp_samples: int | None, seed: int) -> Tensor:
+    """The dataset indices of the HVP sample (sorted): ``hvp_samples`` drawn without replacement by
+    a generator seeded with ``seed``, the same at every analysis; all of them for None.
+
+    Example:
+        >>> hvp_indices(10, 4, seed=0).tolist()
+        [1, 4, 5, 7]
+    """
+    if hvp_samples is None or hvp_samples >= num_examples:
+        return torch.arange(num_examples)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_examples, generator=generator)[:hvp_samples].sort().values
+
+
+def fit_engine(
+    runtime: Runtime, config: AnalysisConfig, loss_fn: LossFn | None, parts: LoaderParts
+) -> tuple[ArnoldiInfluence, int]:
+    """Fit ``ArnoldiInfluence`` on this rank's share of the HVP sample; the engine and the sample's
+    global size. Call it on every rank, under ``torch.inference_mode(False)``."""
+    num_examples = len(parts.dataset)  # type: ignore[arg-type]
+    indices = hvp_indices(num_examples, config.hvp_samples, config.seed)
+    if len(indices) < runtime.world_size:
+        raise ConfigurationError(
+            f"hvp_samples={config.hvp_samples} gives {len(indices)} examples for "
+            f"{runtime.world_size} processes: every process needs at least one; raise hvp_samples "
+            f"to at least {runtime.world_size}"
+        )
+    share = ordered_loader(
+        parts, indices[runtime.rank :: runtime.world_size].tolist(), num_workers=config.num_workers
+    )
+    engine_config = config.engine_config()
+    engine_config.progress = config.progress and runtime.progress and runtime.is_global_zero
+    engine = ArnoldiInfluence(
+        runtime.module,
+        resolve_loss(loss_fn, runtime.module),
+        params=config.params,
+        config=engine_config,
+        transfer_batch=runtime.transfer,
+    )
+    if runtime.world_size > 1:
+        # Fail together: a rank stopping before the first collective would hang the others.
+        runtime.agree(lambda: engine.check_losses(share, "HVP sample"))
+    engine.fit(share, reduce_fn=runtime.reduce_sum)
+    return engine, len(indices)
+
+
+def run_analysis(
+    runtime: Runtime,
+    config: AnalysisConfig,
+    loss_fn: LossFn | None,
+    loader: Any,
+    *,
+    root: str | Path,
+    epoch: int,
+    step: int,
+    trigger: Trigger,
+    provenance: dict[str, Any] | None = None,
+) -> ScoringEvent:
+    """Analyse the training set of ``loader`` at the runtime's current weights; call it on every rank.
+
+    Args:
+        runtime: the model and where it runs (``Runtime.of(trainer, ...)`` or
+            ``Runtime.standalone(...)``).
+        config: every argument of the analysis.
+        loss_fn: the per-example loss; None uses the model's ``influence_loss`` method.
+        loader: the training DataLoader; its dataset is scored by index, its ``collate_fn`` and
+            batch size are reused.
+        root: the analysis' folder; the event goes to ``root/epoch=E-step=S``.
+        epoch, step: the training position of the weights, which names the event.
+        trigger: what asked for the analysis (recorded in the manifest).
+        provenance: more manifest entries (e.g. the checkpoint path), written with the rest.
+
+    Returns:
+        The event, written and logged (on global zero) and identical on every rank.
+
+    Raises:
+        ConfigurationError: arguments, loss or data the analysis cannot use, or an event folder
+            made with other arguments (checked before any computation).
+    """
+    parts = loader_parts(loader, config.batch_size)
+    num_examples = len(parts.dataset)  # type: ignore[arg-type]
+    arguments = analysis_arguments(config, loss_fn)
+    root = Path(root)
+    folder = root / f"epoch={int(epoch)}-step={int(step)}"
+    runtime.agree(lambda: check_event_folder(folder, scoring_arguments(arguments)))
+
+    wall = time.perf_counter()
+    # inference_mode off for the whole analysis, not only the engine's autograd: event tensors
+    # made under a caller's inference_mode would be inference tensors, unusable in training.
+    with torch.inference_mode(False), preserved_rng_states(), runtime.rank_zero_buffers():
+        engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts)
+        fit_seconds = time.perf_counter() - wall
+        start = time.perf_counter()
+        shard = ordered_loader(
+            parts,
+            score_shard(num_examples, runtime.world_size, runtime.rank),
+            num_workers=config.num_workers,
+        )
+        local = runtime.agree(lambda: engine.self_influence(shard).double())
+        scores = runtime.gather(local)[:num_examples].cpu()
+        scoring_seconds = time.perf_counter() - start
+
+    event = ScoringEvent(
+        epoch=int(epoch),
+        global_step=int(step),
+        self_influence=scores.contiguous(),
+        eigenvalues=engine.eigenvalues.detach().cpu().double(),
+        residuals=engine.ritz_residuals.detach().cpu().double(),
+        directory=str(folder),
+    )
+    event.manifest = build_manifest(
+        arguments,
+        trigger=trigger,
+        num_examples=num_examples,
+        hvp_examples=hvp_examples,
+        num_params=engine.space.dim,
+        world_size=runtime.world_size,
+        precision=runtime.precision,
+        compute_dtype=str(engine.compute_dtype).removeprefix("torch."),
+        projection_mode=engine.projection_mode_,
+        fit_stats=dict(engine.fit_stats),
+        timings={
+            "fit_seconds": fit_seconds,
+            "hvp_seconds": float(engine.fit_stats.get("hvp_seconds", float("nan"))),
+            "scoring_seconds": scoring_seconds,
+        },
+        **(provenance or {}),
+    )
+    # Every rank names the same event: global zero's uid.
+    event.uid = runtime.broadcast(event.uid)
+    runtime.agree(lambda: write_event(event, root) if runtime.is_global_zero else None)
+    if runtime.is_global_zero:
+        try:
+            log_event(runtime.loggers, event, parts.dataset, top_n=config.log_top_n)
+        except Exception as err:  # the scores stand; a logger's failure must not drop them
+            warnings.warn(
+                f"could not log the influence analysis at epoch={epoch}, step={step} to the "
+                f"loggers ({type(err).__name__}: {err}); its files are in {event.directory}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return event
