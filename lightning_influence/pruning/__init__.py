@@ -1,4 +1,8 @@
-"""Pruning by self-influence: the maths (``functional``), testable without a Trainer. No Lightning."""
+"""Pruning by self-influence, testable without a Trainer. No Lightning.
+
+``functional``: the maths (quantiles, combining events, the drop mask, sampling weights);
+``plan``: the ``SamplingPlan`` an epoch follows and ``plan_for`` that makes it from events.
+"""
 
 from lightning_influence.pruning.functional import (
     CombineMode,
@@ -7,6 +11,15 @@ from lightning_influence.pruning.functional import (
     quantiles,
     reweight,
 )
-from lightning_influence.pruning.plan import SamplingPlan
+from lightning_influence.pruning.plan import SamplingPlan, plan_events, plan_for
 
-__all__ = ["CombineMode", "SamplingPlan", "combine_scores", "drop_mask", "quantiles", "reweight"]
+__all__ = [
+    "CombineMode",
+    "SamplingPlan",
+    "combine_scores",
+    "drop_mask",
+    "plan_events",
+    "plan_for",
+    "quantiles",
+    "reweight",
+]

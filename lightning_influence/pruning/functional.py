@@ -17,10 +17,11 @@ dropped first).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
+
+from lightning_influence.config import CombineMode
 
 __all__ = [
     "CombineMode",
@@ -29,8 +30,6 @@ __all__ = [
     "quantiles",
     "reweight",
 ]
-
-CombineMode = Literal["latest", "mean"]
 
 
 def _descending_order(scores: Tensor) -> Tensor:

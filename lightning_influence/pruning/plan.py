@@ -1,13 +1,23 @@
-"""What an epoch samples: the ``SamplingPlan`` that pruning produces and the sampler applies."""
+"""What an epoch samples: the ``SamplingPlan``, and ``plan_for`` that makes it from scoring events.
+
+Pure functions of the events, the ``PruningConfig``, the dataset size and the previous plan:
+testable without a Trainer. ``InfluenceDataModule`` calls ``plan_for`` before every epoch and
+``InfluenceSampler`` applies the plan.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingPlan"]
+from lightning_influence.config import PruningConfig
+from lightning_influence.io.events import ScoringEvent
+from lightning_influence.pruning.functional import combine_scores, drop_mask, reweight
+
+__all__ = ["SamplingPlan", "plan_events", "plan_for"]
 
 
 @dataclass(frozen=True)
@@ -16,12 +26,15 @@ class SamplingPlan:
 
     Exactly one of: neither (every example once), ``keep`` (``[size]`` bool: the kept examples
     once each) or ``weights`` (``[size]`` float64 >= 0: ``size`` draws with replacement, with
-    probability proportional to the weights).
+    probability proportional to the weights). ``scores`` are the combined scores the plan was
+    made from, and ``events`` the uids of their events (what the plan depends on).
     """
 
     size: int
     keep: Tensor | None = None
     weights: Tensor | None = None
+    scores: Tensor | None = None
+    events: tuple[str, ...] = ()
 
     def num_examples(self) -> int:
         """Examples drawn in one epoch over all ranks (before padding)."""
@@ -37,3 +50,73 @@ class SamplingPlan:
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator)]
         return idx
+
+
+def plan_events(
+    events: Sequence[ScoringEvent], config: PruningConfig, epoch: int
+) -> list[ScoringEvent]:
+    """The events (oldest first) a plan for ``epoch`` uses: none before ``start_epoch``, the newest
+    one for ``combine="latest"``, all of them for ``"mean"``."""
+    if epoch < config.start_epoch or not events:
+        return []
+    return list(events[-1:]) if config.combine == "latest" else list(events)
+
+
+def plan_for(
+    events: Sequence[ScoringEvent],
+    config: PruningConfig,
+    size: int,
+    *,
+    previous: SamplingPlan | None = None,
+    labels: Tensor | None = None,
+) -> SamplingPlan:
+    """The plan made from ``events`` (already chosen by ``plan_events``).
+
+    Args:
+        events: the scoring events, oldest first; none gives the plan of every example once.
+        config: mode, fraction, cap, combination and class safeguard.
+        size: the training set's size N.
+        previous: the plan in force, which ``cumulative`` drop mode keeps dropping from.
+        labels: ``[N]`` class labels for the class safeguard, or None.
+
+    Raises:
+        ValueError: an event scores another number of examples than ``size``.
+
+    Example:
+        >>> event = ScoringEvent(0, 4, torch.tensor([0.1, 0.9, 0.5, 0.7]), torch.ones(1))
+        >>> plan_for([event], PruningConfig(fraction=0.5), 4).keep.tolist()
+        [True, False, True, False]
+    """
+    if not events:
+        return SamplingPlan(size)
+    for e in events:
+        if e.self_influence.numel() != size:
+            raise ValueError(
+                f"scoring event {e.name} ({e.directory or 'in memory'}) has "
+                f"{e.self_influence.numel()} scores but the training dataset has {size} "
+                "examples: scores must come from the same training set"
+            )
+    scores = combine_scores([e.self_influence for e in events], config.combine)
+    uids = tuple(e.uid for e in events)
+    if config.mode == "drop":
+        kept = None
+        if config.cumulative and previous is not None and previous.keep is not None:
+            kept = previous.keep
+        keep = drop_mask(
+            scores,
+            config.fraction,
+            kept=kept,
+            max_dropped=config.cap(size),
+            labels=labels,
+            min_per_class=config.min_per_class,
+        )
+        return SamplingPlan(size, keep=keep, scores=scores, events=uids)
+    weights = reweight(
+        scores,
+        config.fraction,
+        temperature=config.temperature,
+        floor=config.floor,
+        labels=labels,
+        min_per_class=config.min_per_class,
+    )
+    return SamplingPlan(size, weights=weights, scores=scores, events=uids)

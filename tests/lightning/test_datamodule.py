@@ -182,7 +182,7 @@ def test_drop_shrinks_next_epochs_to_the_kept_set(tmp_path):
     assert model.val_batches == {0: 3, 1: 3, 2: 3}
     assert dm.datamodule is inner and inner.calls["train_dataloader"] == 1
     assert set((~dm.keep_mask).nonzero().flatten().tolist()) == set(range(N)) - kept
-    assert dm.weights is None
+    assert dm.sampling_weights is None
 
 
 def test_prunes_by_the_influence_callbacks_scores(tmp_path):
@@ -277,7 +277,7 @@ def test_class_safeguard_and_per_class_counts_in_the_logger(tmp_path):
     assert float(row["influence_data/dropped_class_1"]) == 1  # index 37
     # an in-memory seed has no folder: the dropped indices go under this run's log dir
     dropped = (
-        Path(logger.log_dir) / "influence" / "epoch=0-step=5-seed" / "dropped.csv"
+        Path(logger.log_dir) / "influence" / "plans" / "epoch=0-step=5-seed" / "dropped.csv"
     ).read_text()
     assert dropped.splitlines()[0] == "index,label,score"
     assert len(dropped.splitlines()) == 11
@@ -366,7 +366,7 @@ def test_resume_trains_on_the_same_kept_set(tmp_path):
     assert path.exists()
     state = torch.load(path, weights_only=False)["InfluenceDataModule"]
     assert state["wrapped"] == {"token": "saved"}
-    assert state["influence"]["plan_key"] == ["added:epoch=0-step=5"]
+    assert state["influence"]["events"] == [dm.added_events[0].uid]
 
     # a fresh process: no scorer this time, the kept set comes from the checkpoint alone
     inner2 = ToyData()
@@ -434,9 +434,10 @@ def test_ddp_with_the_influence_callback(tmp_path):
     trainer.fit(Recorder(record_dir=str(record)), datamodule=dm)
     ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
     # the spawned processes' events are gone with them: read what global zero wrote
-    event = read_event(tmp_path / "influence" / "epoch=0-step=5")
+    (folder,) = (tmp_path / "influence").glob("arnoldi-*/epoch=0-step=5")
+    event = read_event(folder)
     dropped = dropped_by(event.self_influence, 12)
-    rows = (tmp_path / "influence" / "epoch=0-step=5" / "dropped.csv").read_text().splitlines()
+    rows = (folder / "dropped.csv").read_text().splitlines()
     assert {int(r.split(",")[0]) for r in rows[1:]} == dropped
     a, b = ranks[0]["1"], ranks[1]["1"]
     assert not set(a) & set(b)
@@ -483,3 +484,24 @@ def test_scores_of_another_dataset_are_refused(tmp_path):
     dm = InfluenceDataModule(ToyData(), scores=event)
     with pytest.raises(ValueError, match="has 41 scores but the training dataset has 40"):
         make_trainer(tmp_path, max_epochs=1).fit(Recorder(), datamodule=dm)
+
+
+class Plain(pl.LightningDataModule):
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.arange(8.0)), batch_size=4, shuffle=False)
+
+
+def test_a_newer_event_of_the_same_step_makes_a_new_plan():
+    # Bug: the plan was cached by event name, so a newer analysis of an (epoch, step) already
+    # seen (analyze() again, another scorer) was ignored.
+    dm = InfluenceDataModule(Plain(), fraction=0.25)
+    dm.add_event(ScoringEvent(0, 2, torch.arange(8.0), torch.ones(1)))
+    dm.train_dataloader()
+    assert dm.keep_mask.tolist() == [True] * 6 + [False] * 2
+    dm.add_event(ScoringEvent(0, 2, -torch.arange(8.0), torch.ones(1)))  # same name, new uid
+    plan = dm.update_plan(1)
+    assert plan.keep.tolist() == [False] * 2 + [True] * 6
+    assert plan.events == (dm.added_events[-1].uid,)
+    assert dm.update_plan(2) is plan  # unchanged events: the same plan
+    with pytest.warns(DeprecationWarning, match="update_plan"):
+        assert dm.refresh(2) is plan
