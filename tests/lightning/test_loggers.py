@@ -24,13 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_influence import InfluenceCallback
 from lightning_influence.io.events import ScoringEvent
-from lightning_influence.lightning.loggers import (
-    _as_image,
-    _grid,
-    _markdown_table,
-    _top_examples,
-    log_event,
-)
+from lightning_influence.lightning.loggers import log_event, markdown_table, top_examples
 from lightning_influence.losses import cross_entropy_loss
 
 
@@ -45,25 +39,12 @@ def make_event(n: int = 10, step: int = 7) -> ScoringEvent:
 
 
 # -- pieces ------------------------------------------------------------------------------------
-def test_images_are_recognised_and_normalised():
-    assert _as_image(torch.randn(1, 8, 8)).shape == (3, 8, 8)
-    assert _as_image(torch.randn(8, 8)).shape == (3, 8, 8)
-    assert _as_image(torch.randn(8, 8, 3)).shape == (3, 8, 8)  # HWC
-    image = _as_image(torch.randint(0, 255, (3, 5, 5), dtype=torch.uint8))
-    assert float(image.min()) >= 0 and float(image.max()) <= 1
-    assert _as_image(torch.randn(6)) is None  # a feature vector
-    assert _as_image(torch.randint(0, 9, (1, 8, 8))) is None  # integer tokens, not pixels
-    assert _as_image("text") is None
-    grid = _grid([torch.rand(3, 4, 4)] * 5, pad=1)
-    assert grid.shape == (3, 2 * 5 + 1, 3 * 5 + 1)
-
-
 def test_top_examples_table_lists_the_highest_scores_with_labels():
     data = [(torch.full((2,), float(i)), i % 3) for i in range(10)]
-    rows = _top_examples(data, make_event().self_influence, 3)
+    rows = top_examples(data, make_event().self_influence, 3)
     assert [r["index"] for r in rows] == [9, 8, 7]
     assert [r["label"] for r in rows] == ["0", "2", "1"]
-    table = _markdown_table(rows)
+    table = markdown_table(rows)
     assert table.splitlines()[2].startswith("| 0 | 9 | 1 | 0 | tensor(2,) [9, 9]")
 
 
