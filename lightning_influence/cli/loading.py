@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__: list[str] = []
+from lightning_influence.io.checkpoint import CheckpointError, read_checkpoint, saved_init_args
+
+__all__ = ["SPLITS", "CLIError", "Loaded", "dataloader", "import_class", "load", "split_init_args"]
 
 SPLITS = ("test", "val", "train")
 
@@ -179,28 +181,10 @@ def _format_args(args: dict[str, Any]) -> str:
 def _load_checkpoint(path: str | None) -> dict[str, Any]:
     if path is None:
         raise CLIError("no checkpoint: pass --ckpt PATH (a .ckpt written by Lightning)")
-    file = Path(path)
-    if not file.is_file():
-        hint = ""
-        folder = file.parent
-        if folder.is_dir():
-            found = sorted(p.name for p in folder.glob("*.ckpt"))[:5]
-            if found:
-                hint = f" ({folder} holds {', '.join(found)})"
-        raise CLIError(f"--ckpt {path}: no such file{hint}; pass the path of a .ckpt file")
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CLIError(
-            f"--ckpt {path} could not be read as a torch checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}): pass a .ckpt written by Lightning"
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CLIError(
-            f"--ckpt {path} has no 'state_dict': it is not a Lightning checkpoint (save one "
-            "with Trainer/ModelCheckpoint, or load plain weights in Python)"
-        )
-    return checkpoint
+        return read_checkpoint(path)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise CLIError(f"--ckpt {err}") from None
 
 
 def _check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: str, flag: str) -> None:
@@ -270,9 +254,12 @@ def load(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> Loaded:
     data_cls = import_class(data_spec.class_path, "--data", pl.LightningDataModule)
 
     # Init arguments the run saved (save_hyperparameters) first, the command line on top.
-    model_args = {**_saved_args(model_cls, checkpoint, "hyper_parameters"), **model_spec.init_args}
+    model_args = {
+        **saved_init_args(model_cls, checkpoint, "hyper_parameters"),
+        **model_spec.init_args,
+    }
     data_args = {
-        **_saved_args(data_cls, checkpoint, "datamodule_hyper_parameters"),
+        **saved_init_args(data_cls, checkpoint, "datamodule_hyper_parameters"),
         **data_spec.init_args,
     }
     model = _instantiate(model_cls, model_args, "--model")
@@ -281,17 +268,6 @@ def load(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> Loaded:
     model.load_state_dict(checkpoint["state_dict"])
     datamodule = _instantiate(data_cls, data_args, "--data")
     return Loaded(model, datamodule, checkpoint, ckpt)
-
-
-def _saved_args(cls: type, checkpoint: dict[str, Any], key: str) -> dict[str, Any]:
-    saved = checkpoint.get(key) or {}
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return dict(saved)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(saved)
-    return {k: v for k, v in saved.items() if k in params}
 
 
 def dataloader(datamodule: Any, split: str) -> Any:

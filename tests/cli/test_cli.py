@@ -58,7 +58,13 @@ def run(tmp_path_factory):
     bare = ckpt.parent / "bare" / "epoch=1-step=10.ckpt"
     bare.parent.mkdir()
     torch.save(checkpoint, bare)
-    return {"root": root, "ckpt": ckpt, "bare": bare, "event": callback.latest_event}
+    return {
+        "root": root,
+        "ckpt": ckpt,
+        "bare": bare,
+        "event": callback.latest_event,
+        "name": callback.name,
+    }
 
 
 def cli(*argv: str) -> int:
@@ -73,7 +79,8 @@ def test_score_gives_the_callbacks_scores(run, tmp_path, capsys):
     )
 
     expected = run["event"]
-    folder = out / expected.name  # named by the checkpoint's epoch and step, like the callback's
+    # the callback's folder: same arguments, same name; named by the checkpoint's epoch and step
+    folder = out / run["name"] / expected.name
     event = read_event(folder)
     torch.testing.assert_close(event.self_influence, expected.self_influence, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(event.eigenvalues, expected.eigenvalues, rtol=1e-6, atol=1e-9)
@@ -100,8 +107,8 @@ def test_score_default_folder_and_lightningcli_config(run, capsys):
         "score", "--config", config, "--ckpt", run["ckpt"], "--loss", "cross_entropy", *FLAGS
     )
     assert code == 0
-    # Beside the training run's own events: <log_dir>/influence/epoch=E-step=S.
-    folder = run["ckpt"].parent.parent / "influence" / run["event"].name
+    # Into the training run's own event: <log_dir>/influence/<name>/epoch=E-step=S.
+    folder = run["ckpt"].parent.parent / "influence" / run["name"] / run["event"].name
     torch.testing.assert_close(
         read_event(folder).self_influence, run["event"].self_influence, rtol=1e-6, atol=1e-9
     )
@@ -113,11 +120,12 @@ def test_influence_loss_method_is_used_by_default(run, tmp_path):
     argv = ["--out", tmp_path, "--tensorboard", tensorboard]
     assert cli("score", "--ckpt", run["ckpt"], *model, *FLAGS, *argv) == 0
     assert list(tensorboard.glob("influence/version_0/events.out.tfevents.*"))
-    event = read_event(tmp_path / run["event"].name)
+    (folder,) = tmp_path.glob(f"arnoldi-*/{run['event'].name}")
+    event = read_event(folder)
     torch.testing.assert_close(
         event.self_influence, run["event"].self_influence, rtol=1e-6, atol=1e-9
     )
-    assert event.manifest["arguments"]["loss_fn"] == "_module_influence_loss"
+    assert event.manifest["arguments"]["loss_fn"] == "influence_loss"
 
 
 def test_spectrum_matches_score_and_reads_events(run, tmp_path, capsys):
@@ -146,7 +154,7 @@ def test_spectrum_matches_score_and_reads_events(run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "relative_residual" in printed and "5 eigenvalues" in printed
 
-    event_dir = run["ckpt"].parent.parent / "influence" / run["event"].name
+    event_dir = run["ckpt"].parent.parent / "influence" / run["name"] / run["event"].name
     assert cli("spectrum", "--event", event_dir) == 0
     assert f"{run['event'].eigenvalues[0].item():.6g}" in capsys.readouterr().out
 
@@ -198,7 +206,7 @@ def test_init_args_for_a_module_without_saved_hyperparameters(run, tmp_path):
         tmp_path,
     ]
     assert cli(*args, "--model.init_args.hidden", "8", "--data.image", "true") == 0
-    assert (tmp_path / run["event"].name / "self_influence.csv").is_file()
+    assert (tmp_path / run["name"] / run["event"].name / "self_influence.csv").is_file()
 
 
 # -- errors: exit code 2 and one line naming the problem and the fix -----------------------------
