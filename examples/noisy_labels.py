@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         hvp_samples=512,
     )
     trainer, accuracy = fit(reweighted, args, "reweight", [callback])
-    w = reweighted.weights
+    w = reweighted.sampling_weights
     assert w is not None
     print(f"{int(flipped.sum())} of {len(flipped)} training labels flipped")
     print(

@@ -23,6 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_influence import ArnoldiInfluence
+from lightning_influence.demo.model import digits_cnn
+from lightning_influence.losses import cross_entropy_loss
 
 RESULTS: dict = {"checks": {}, "figures": {}}
 
@@ -32,24 +34,12 @@ def check(name: str, ok: bool, detail: str = "") -> None:
     print(f"{'PASS' if ok else 'FAIL'} {name} {detail}", flush=True)
 
 
-def loss_fn(model, batch):
-    return F.cross_entropy(model(batch[0]), batch[1], reduction="none")
+loss_fn = cross_entropy_loss
 
 
 def cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64, 32),
-        nn.ReLU(),
-        nn.Linear(32, 10),
-    )
+    """The package's digits CNN (demo, benchmarks and this check share it)."""
+    return digits_cnn()
 
 
 def digits(noise: float = 0.1, seed: int = 0):
@@ -173,7 +163,6 @@ def throughput(device: str, n_hvp: int, n_score: int, n_iters: int = 200) -> Non
 def lightning_checks(device: str) -> None:
     try:
         from lightning_influence import InfluenceCallback
-        from lightning_influence.losses import cross_entropy_loss
     except ImportError as err:
         check("callback available", False, repr(err))
         return

@@ -55,22 +55,12 @@ from lightning_influence import (
 )
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.hvp import DatasetHessian
+from lightning_influence.demo.model import digits_cnn
 
 
 def build_cnn() -> nn.Module:
-    """9,258 parameters: two 3x3 convolutions (16, 32 channels), a 32-unit hidden layer."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 2 * 2, 32),
-        nn.ReLU(),
-        nn.Linear(32, 10),
-    )
+    """The package's digits CNN with a 32-unit hidden layer: 9,258 parameters."""
+    return digits_cnn(hidden=32)
 
 
 def load_data(num_train: int, noise: float, seed: int):
@@ -133,8 +123,8 @@ def fresh(engine):
 def time_hvps(engine: ArnoldiInfluence, loader, n: int) -> float:
     """CPU seconds for ``n`` HVPs alone: ``DatasetHessian`` on the same cached batches as ``fit``."""
     with analysis_context(engine.model):
-        f, params = engine._functional(), engine._params()
-        batches = list(engine._batches(loader, "HVP sample"))
+        f, params = engine.functional_loss(), engine.parameters()
+        batches = list(engine.batches(loader, "HVP sample"))
         count = sum(len(b[1]) for b in batches)
         hessian = DatasetHessian(f, params, engine.space, batches, "fwd-rev", count)
         gen = torch.Generator().manual_seed(1)

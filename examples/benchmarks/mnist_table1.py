@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         scorer.directions, scorer.eigenvalues_ = engine.directions[:p], engine.eigenvalues[:p]
         with timer("score"):
             projections = scorer.project(loader)
-            scores = (projections.square() * scorer.weights).sum(1)
+            scores = (projections.square() * scorer.inverse_eigenvalue_weights).sum(1)
         if p == 100:
             final_projections = projections
         add(
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     combined, multi_s = torch.zeros(len(y), dtype=torch.float64), fit_s
     for epoch in picks:
         if epoch == args.epochs - 1:
-            s = (final_projections.square() * engine.weights).sum(1)
+            s = (final_projections.square() * engine.inverse_eigenvalue_weights).sum(1)
             multi_s += rows[[r["method"] for r in rows].index("Arnoldi") + 1]["score_s"]
         else:
             model.load_state_dict(checkpoints[epoch])
@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
     lissa_full_s = timer.seconds["lissa"] * len(y) / len(subset)
     arnoldi_on_subset = detection_metrics(
-        (final_projections[subset].square() * engine.weights).sum(1), flipped[subset]
+        (final_projections[subset].square() * engine.inverse_eigenvalue_weights).sum(1),
+        flipped[subset],
     )
     add(
         "LiSSA r=10",

@@ -157,7 +157,7 @@ def memory_child(spec: dict) -> dict:
     batches = [(xs.to(device), ys.to(device))]
     engine = ArnoldiInfluence(model, cross_entropy_loss, progress=False)
     with analysis_context(model):
-        f, params = engine._functional(), engine._params()
+        f, params = engine.functional_loss(), engine.parameters()
         hessian = DatasetHessian(f, params, engine.space, batches, "fwd-rev", len(ys))
         start = torch.randn(engine.space.dim, device=device)
         if device.type == "cuda":

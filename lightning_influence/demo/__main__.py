@@ -1,3 +1,3 @@
-from lightning_influence.demo import main
+from lightning_influence.demo.run import main
 
 main()

@@ -23,6 +23,6 @@ def test_demo_runs_every_arm_and_reports(tmp_path, capsys):
     for text in ("top of the spectrum", "by self-influence: precision", "by loss (baseline)",
                  "test accuracy", "pruning recovers", "tensorboard --logdir"):  # fmt: skip
         assert text in out
-    assert (
-        tmp_path / "seed0" / "pruned" / "influence" / "epoch=0-step=40" / "dropped.csv"
-    ).exists()
+    assert list(
+        (tmp_path / "seed0" / "pruned" / "influence").glob("arnoldi-*/epoch=0-step=40/dropped.csv")
+    )
