@@ -129,6 +129,7 @@ def test_influence_loss_method_is_used_by_default(run, tmp_path):
 
 
 def test_spectrum_matches_score_and_reads_events(run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # --plot / --image (the plot extra)
     table = tmp_path / "spectrum.csv"
     assert (
         cli(
@@ -160,6 +161,7 @@ def test_spectrum_matches_score_and_reads_events(run, tmp_path, capsys):
 
 
 def test_explain_table_csv_and_picture(run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # --plot / --image (the plot extra)
     table, picture = tmp_path / "why.csv", tmp_path / "why.png"
     code = cli(
         "explain", "--ckpt", run["ckpt"], *MODEL, "--loss", "cross_entropy", *FLAGS,
