@@ -289,7 +289,8 @@ class AnalysisConfig(ArnoldiConfig):
         return cls(**{"n_iters": 200, "top_k": 100, "hvp_samples": None, **overrides})
 
 
-CombineMode = Literal["latest", "mean"]
+CombineMode = Literal["latest", "mean", "normalized_sum"]
+COMBINE_MODES: tuple[str, ...] = ("latest", "mean", "normalized_sum")
 PruneMode = Literal["drop", "reweight"]
 
 
@@ -358,7 +359,7 @@ class PruningConfig:
                 f"max_dropped={cap!r} must be a count >= 0 (int) or a share of the dataset in "
                 "[0, 1] (float)"
             )
-        _choice("combine", self.combine, ("latest", "mean"))
+        _choice("combine", self.combine, COMBINE_MODES)
         _int("min_per_class", self.min_per_class, 0, "0 turns the class safeguard off")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature!r} must be > 0 (e.g. 0.05)")

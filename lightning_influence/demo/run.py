@@ -29,6 +29,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_influence.config import COMBINE_MODES
 from lightning_influence.demo.data import Digits, DigitsData, load
 from lightning_influence.demo.model import DigitsCNN
 from lightning_influence.io.events import ScoringEvent
@@ -160,7 +161,7 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     parser.add_argument(
         "--score-every", type=int, default=10, help="InfluenceCallback every_n_epochs"
     )
-    parser.add_argument("--combine", choices=("latest", "mean"), default="latest")
+    parser.add_argument("--combine", choices=COMBINE_MODES, default="latest")
     parser.add_argument("--max-events", type=int, default=None)
     parser.add_argument("--n-iters", type=int, default=50)
     parser.add_argument("--top-k", type=int, default=30)

@@ -74,7 +74,7 @@ class InfluenceDataModule(DelegatingDataModule):
     Scores come from the ``InfluenceCallback`` instances in ``trainer.callbacks`` (their
     ``events``), from ``add_event`` and from ``scores=`` (an earlier run's event, so a fresh run can
     start pruned). ``combine="latest"`` uses the newest event, ``"mean"`` the mean quantile over
-    all events. Nothing changes before ``start_epoch``. A newer event always makes a new plan
+    all events, ``"normalized_sum"`` the sum over events of each event's scores over their mean. Nothing changes before ``start_epoch``. A newer event always makes a new plan
     (plans are keyed by the events' uids), even one of an (epoch, step) already seen.
 
     In drop mode the epoch length changes, so the wrapper sets the trainer's

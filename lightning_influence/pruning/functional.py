@@ -58,14 +58,19 @@ def quantiles(scores: Tensor) -> Tensor:
 def combine_scores(scores: Sequence[Tensor], how: CombineMode = "latest") -> Tensor:
     """One score per example from the scores of several scoring events (oldest first).
 
-    ``latest``: the newest event's scores. ``mean``: the mean over events of the quantiles
-    ``u_i`` (see the module docstring), so that every event counts equally whatever its scale:
-
-        c_i = (1/E) * sum_e u_i^(e)
+    * ``latest``: the newest event's scores.
+    * ``mean``: the mean over events of the quantiles ``u_i`` (see the module docstring), so that
+      every event counts equally whatever its scale: ``c_i = (1/E) sum_e u_i^(e)``.
+    * ``normalized_sum``: each event's scores divided by their mean over the examples, summed:
+      ``c_i = sum_e s_i^(e) / mean_j s_j^(e)``. Unlike ranks it keeps how far an example stands
+      out at each checkpoint (on MNIST, Arnoldi over 3 checkpoints combined this way gave the
+      best detection of every method measured). NaN scores are left out of the means.
 
     Example:
         >>> combine_scores([torch.tensor([1.0, 2.0]), torch.tensor([4.0, 3.0])], "mean").tolist()
         [0.5, 0.5]
+        >>> combine_scores([torch.tensor([1.0, 3.0]), torch.tensor([4.0, 4.0])], "normalized_sum").tolist()
+        [1.5, 2.5]
     """
     if not scores:
         raise ValueError("combine_scores needs at least one event's scores")
@@ -80,7 +85,19 @@ def combine_scores(scores: Sequence[Tensor], how: CombineMode = "latest") -> Ten
         return scores[-1].detach().cpu().double()
     if how == "mean":
         return torch.stack([quantiles(s) for s in scores]).mean(0)
-    raise ValueError(f"combine={how!r} is not one of 'latest', 'mean'")
+    if how == "normalized_sum":
+        total = torch.zeros(n, dtype=torch.float64)
+        for s in scores:
+            s = s.detach().cpu().double()
+            scale = s.nanmean().abs()
+            if not bool(torch.isfinite(scale)) or scale == 0:
+                raise ValueError(
+                    "combine='normalized_sum' needs events whose scores have a finite, non-zero "
+                    "mean: use combine='mean' (ranks) for these scores"
+                )
+            total += s / scale
+        return total
+    raise ValueError(f"combine={how!r} is not one of 'latest', 'mean', 'normalized_sum'")
 
 
 def _class_quota_ok(order: Tensor, labels: Tensor, kept: Tensor, min_per_class: int) -> Tensor:

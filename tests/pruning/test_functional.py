@@ -64,3 +64,19 @@ def test_reweight_formula_and_class_floor():
     labels = (torch.arange(100) >= 95).long()
     w2 = reweight(scores, 0.2, temperature=0.05, labels=labels)
     assert w2[95] == 1.0 and w2[96:].max() < 0.05
+
+
+def test_normalized_sum_weighs_each_event_by_its_own_scale():
+    # event 2 is on a 1000x larger scale: ranks or raw sums would let one event decide
+    small = torch.tensor([1.0, 2.0, 3.0, 10.0], dtype=torch.float64)
+    large = torch.tensor([4000.0, 1000.0, 2000.0, 1000.0], dtype=torch.float64)
+    combined = combine_scores([small, large], "normalized_sum")
+    expected = small / small.mean() + large / large.mean()
+    torch.testing.assert_close(combined, expected)
+    assert (
+        int(combined.argmax()) == 3
+    )  # stands out most in the first event, not lowest in the second
+    with pytest.raises(ValueError, match="finite, non-zero mean"):
+        combine_scores([torch.zeros(3)], "normalized_sum")
+    with pytest.raises(ValueError, match="normalized_sum"):
+        combine_scores([small], "median")
