@@ -33,6 +33,8 @@ __all__ = [
     "ScoringConfig",
 ]
 
+Curvature = Literal["hessian", "ggn"]
+
 _DTYPES = {
     "float64": torch.float64,
     "float32": torch.float32,
@@ -151,6 +153,13 @@ class ArnoldiConfig(ScoringConfig):
         default="auto",
         metadata=_help("'fwd-rev', 'rev-rev' or 'auto' (rev-rev on XLA, fwd-rev elsewhere)."),
     )
+    curvature: Curvature = field(
+        default="hessian",
+        metadata=_help(
+            "'hessian' or 'ggn' (the Gauss-Newton matrix: positive semi-definite for convex "
+            "losses of the outputs; the loss must call the model once per batch)."
+        ),
+    )
     basis_device: str | None = field(
         default=None,
         metadata=_help(
@@ -184,6 +193,7 @@ class ArnoldiConfig(ScoringConfig):
                 "n_iters eigenpairs; raise n_iters or lower top_k"
             )
         _choice("hvp_mode", self.hvp_mode, ("auto", "fwd-rev", "rev-rev"))
+        _choice("curvature", self.curvature, ("hessian", "ggn"))
         parse_dtype(self.basis_dtype, "basis_dtype")
 
 

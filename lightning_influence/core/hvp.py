@@ -2,7 +2,8 @@
 
 ``hvp`` is the per-batch primitive; ``DatasetHessian`` turns it into the operator
 ``v -> H v`` with ``H = (1/N) sum_x d^2 L(x) / d theta^2`` over a fixed HVP sample, optionally
-summed across processes with one flattened collective per product.
+summed across processes with one flattened collective per product. Given an ``OutputSplit`` it is
+the Gauss-Newton operator ``v -> G v`` instead (``lightning_influence.core.ggn``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.func import grad, jvp, vjp
 
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.functional_loss import FunctionalLoss
+from lightning_influence.core.ggn import OutputSplit, ggn_vector_product
 from lightning_influence.core.parameters import ParameterSpace
 
 __all__ = ["DatasetHessian", "HVPMode", "hvp", "resolve_hvp_mode"]
@@ -75,6 +77,8 @@ class DatasetHessian:
             vector per product: ``H v`` summed over this process's examples (the global count
             ``num_examples`` is known up front, so it does not travel with the vector).
         num_examples: the global number of examples N (the divisor).
+        ggn: products of the Gauss-Newton matrix instead of the Hessian, through this split of
+            the loss at the model's outputs.
     """
 
     def __init__(
@@ -86,9 +90,14 @@ class DatasetHessian:
         mode: Literal["fwd-rev", "rev-rev"],
         num_examples: int,
         reduce_fn: ReduceFn | None = None,
+        *,
+        ggn: OutputSplit | None = None,
     ) -> None:
         self.f, self.params, self.space, self.batches = f, params, space, batches
         self.mode, self.num_examples, self.reduce_fn = mode, num_examples, reduce_fn
+        self.ggn = ggn
+        # the model inputs of each cached batch (GGN): found once, not at every product
+        self._inputs: dict[int, Any] = {}
         self.seconds = 0.0
         self.calls = 0
 
@@ -96,19 +105,29 @@ class DatasetHessian:
         start = time.perf_counter()
         tangent = self.space.unflatten(v)
         total = torch.zeros_like(v)
-        for batch in self.batches:
-            total = total + self.space.flatten(hvp(self.f, self.params, batch, tangent, self.mode))
+        for i, batch in enumerate(self.batches):
+            total = total + self.space.flatten(self._product(i, batch, tangent))
         if self.reduce_fn is not None:
             total = self.reduce_fn(total)
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return total / self.num_examples
 
+    def _product(self, i: int, batch: Any, tangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.ggn is None:
+            return hvp(self.f, self.params, batch, tangent, self.mode)
+        inputs = self._inputs.get(i) if isinstance(self.batches, (list, tuple)) else None
+        if inputs is None:
+            inputs = self.ggn.inputs(batch)
+            if isinstance(self.batches, (list, tuple)):
+                self._inputs[i] = inputs
+        return ggn_vector_product(self.ggn, self.params, batch, inputs, tangent, self.mode)
+
     def locate_non_finite(self, v: Tensor) -> str:
         """Which batch makes ``H v`` non-finite (called only after a failure, so it may sync)."""
         tangent = self.space.unflatten(v)
         for i, batch in enumerate(self.batches):
-            out = self.space.flatten(hvp(self.f, self.params, batch, tangent, self.mode))
+            out = self.space.flatten(self._product(i, batch, tangent))
             if not bool(torch.isfinite(out).all()):
                 n = _batch.batch_size(batch)
                 return f"batch {i} of the HVP sample ({n} examples)"

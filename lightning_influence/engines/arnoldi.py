@@ -149,7 +149,10 @@ class ArnoldiInfluence(ProjectedInfluence):
             if reduce_fn is not None:
                 count = int(reduce_fn(torch.tensor([float(count)], device=device)).item())
             batches = cached if cfg.cache_batches else _Reiterable(self, loader)
-            hessian = DatasetHessian(f, params, self.space, batches, mode, count, reduce_fn)
+            ggn = self.output_split() if cfg.curvature == "ggn" else None
+            hessian = DatasetHessian(
+                f, params, self.space, batches, mode, count, reduce_fn, ggn=ggn
+            )
 
             generator = torch.Generator().manual_seed(cfg.seed)
             start = torch.randn(self.space.dim, generator=generator, dtype=torch.float64)
@@ -197,6 +200,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             "iterations": result.iterations,
             "breakdown": result.breakdown,
             "hvp_mode": mode,
+            "curvature": cfg.curvature,
             "num_examples": count,
             "num_params": self.space.dim,
             "hvp_seconds": hessian.seconds,

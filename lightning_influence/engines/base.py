@@ -20,6 +20,7 @@ from lightning_influence.core import batch as _batch
 from lightning_influence.core import scores
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import FunctionalLoss, LossFn, make_functional_loss
+from lightning_influence.core.ggn import OutputSplit
 from lightning_influence.core.parameters import ParameterSpace, ParamSelector, select_parameters
 from lightning_influence.core.projection import project_grad, project_jvp
 from lightning_influence.losses import check_losses
@@ -105,6 +106,12 @@ class EngineBase:
         return make_functional_loss(
             self.model, self.loss_fn, None if dtype == model_dtype else dtype
         )
+
+    def output_split(self) -> OutputSplit:
+        """The loss split at the model's outputs (for Gauss-Newton products)."""
+        dtype = self.compute_dtype
+        model_dtype = next(iter(self.model.parameters())).dtype
+        return OutputSplit(self.model, self.loss_fn, None if dtype == model_dtype else dtype)
 
     def batches(self, loader: Iterable[Any], what: str) -> Iterator[Any]:
         """The batches of ``loader`` on the device, ready for autograd (``what`` names it in errors)."""
