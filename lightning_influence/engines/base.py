@@ -6,13 +6,17 @@ An engine holds k directions ``e_i`` in parameter space and k eigenvalues ``lamb
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import RandomSampler
 from tqdm.auto import tqdm
 
 from lightning_influence.config import ScoringConfig, parse_dtype
@@ -119,15 +123,18 @@ class EngineBase:
         device = self.device  # resolved once, not per batch (it walks the selected parameters)
         for batch in loader:
             empty = False
-            if self.transfer_batch is not None:
-                batch = self.transfer_batch(batch)
-            else:
-                batch = _batch.to_device(batch, device)
-            yield _batch.to_autograd_tensors(batch)
+            yield self._prepare(batch, device)
         if empty:
             raise ValueError(
                 f"the {what} loader yielded no batches: pass a loader over at least one example"
             )
+
+    def _prepare(self, batch: Any, device: torch.device) -> Any:
+        if self.transfer_batch is not None:
+            batch = self.transfer_batch(batch)
+        else:
+            batch = _batch.to_device(batch, device)
+        return _batch.to_autograd_tensors(batch)
 
     def check_losses(self, loader: Iterable[Any], what: str) -> int:
         """Raise unless every batch of ``loader`` gives finite per-example losses; the example count.
@@ -294,6 +301,127 @@ class ProjectedInfluence(EngineBase):
         """``[N]`` self-influence ``I(x, x) = sum_i w_i <e_i, g_x>^2`` in loader order."""
         projections = self.project(loader, desc="Self-influence")
         return scores.self_influence(projections, self.inverse_eigenvalue_weights)
+
+    def self_influence_shards(
+        self,
+        loader: Iterable[Any],
+        output_dir: str | os.PathLike,
+        *,
+        shard_batches: int = 64,
+        resume: bool = True,
+    ) -> Path:
+        """Self-influence of every example of ``loader``, written in shards as it is computed.
+
+        Memory does not grow with N: each shard of ``shard_batches`` batches is written (atomically)
+        as soon as it is scored and then dropped. A run killed at any point and started again with
+        the same engine, loader and arguments skips the complete shards (their batches are read
+        but not scored) and gives scores identical to an uninterrupted run. A progress bar shows
+        examples per second. ``lightning_influence.io.shards.read_scores(dir)`` reads the result.
+
+        Args:
+            loader: in a fixed order (no shuffling): shards are positions in it.
+            output_dir: the score directory (see ``lightning_influence.io.shards``).
+            shard_batches: batches per shard.
+            resume: keep an earlier run's complete shards (same arguments); False starts over.
+
+        Returns:
+            ``output_dir``.
+
+        Raises:
+            ConfigurationError: a shuffling loader, or a directory of other arguments or of a
+                dataset of another size.
+            OSError: a shard could not be written (the message says what is kept).
+        """
+        from lightning_influence.config import ConfigurationError
+        from lightning_influence.io.shards import ScoreShards
+
+        if shard_batches < 1:
+            raise ValueError(f"shard_batches={shard_batches} must be a positive integer")
+        if isinstance(getattr(loader, "sampler", None), RandomSampler):
+            raise ConfigurationError(
+                "resumable scoring needs a loader in a fixed order: build it with shuffle=False"
+            )
+        directions, _ = self._require_fitted()
+        weights = self.inverse_eigenvalue_weights
+        dataset = getattr(loader, "dataset", None)
+        num_examples = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+        arguments = {
+            **self.score_arguments(),
+            "shard_batches": shard_batches,
+            "batch_size": getattr(loader, "batch_size", None),
+        }
+        shards = ScoreShards(output_dir, arguments, num_examples=num_examples, resume=resume)
+        bar = tqdm(
+            total=num_examples,
+            desc="Self-influence",
+            unit="ex",
+            disable=not self.config.progress,
+            leave=False,
+        )
+        position = start = 0
+        pending: list[Tensor] = []
+        checked = False
+        k = -1
+        with analysis_context(self.model):
+            f, params = self.functional_loss(), self.parameters()
+            device = self.device
+            for i, raw in enumerate(loader):
+                k = i // shard_batches
+                if i % shard_batches == 0:
+                    start = position
+                if shards.done(k):
+                    size = _batch.batch_size(raw)
+                else:
+                    batch = self._prepare(raw, device)
+                    size = _batch.batch_size(batch)
+                    if not checked:
+                        with torch.no_grad():
+                            check_losses(f(params, batch), size, f"batch {i} of the scoring loader")
+                        checked = True
+                    if self.projection_mode_ is None:
+                        self.projection_mode_ = self._choose_projection(
+                            f, params, batch, directions
+                        )[0]
+                    projections = self._project_batch(
+                        f, params, batch, directions, self.projection_mode_
+                    ).cpu()
+                    if not bool(torch.isfinite(projections).all()):
+                        raise FloatingPointError(
+                            f"projected gradients of batch {i} contain NaN or Inf: check its "
+                            "inputs and losses"
+                        )
+                    pending.append(scores.self_influence(projections, weights))
+                    if (i + 1) % shard_batches == 0:
+                        shards.write(k, start, torch.cat(pending))
+                        pending = []
+                position += size
+                bar.update(size)
+            if pending:
+                shards.write(k, start, torch.cat(pending))
+        bar.close()
+        if k < 0:
+            raise ValueError(
+                "the scoring loader yielded no batches: pass a loader over at least one example"
+            )
+        shards.finish(k + 1, position)
+        return Path(output_dir)
+
+    def score_arguments(self) -> dict[str, Any]:
+        """What this engine's scores depend on: its config, route and a fingerprint of its
+        eigenpairs (a refit with other arguments gives other scores: never mixed with these)."""
+        directions, lam = self._require_fitted()
+        config = {k: v for k, v in self.config.to_dict().items() if k != "progress"}
+        flat = directions.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 100_000)].double().cpu()
+        digest = hashlib.sha1(lam.double().cpu().numpy().tobytes())
+        digest.update(sample.numpy().tobytes())
+        return {
+            "engine": type(self).__name__,
+            "config": config,
+            "projection_mode": self.projection_mode_,
+            "parameters": list(self.space.names),
+            "eigenpairs_sha1": digest.hexdigest(),
+        }
 
     def influence(self, train_loader: Iterable[Any], test_loader: Iterable[Any]) -> Tensor:
         """``[N_test, N_train]`` influence ``I(x, z) = sum_i w_i <e_i, g_z><e_i, g_x>``.
