@@ -268,6 +268,14 @@ class AnalysisConfig(ArnoldiConfig):
             "None keeps all."
         ),
     )
+    shard_batches: int | None = field(
+        default=None,
+        metadata=_help(
+            "stream the scores to <event>/scores/ in shards of this many batches (memory "
+            "independent of N; an interrupted analysis of the same weights resumes from the "
+            "complete shards and the saved eigenpairs); None scores in memory."
+        ),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,6 +285,7 @@ class AnalysisConfig(ArnoldiConfig):
         _int("every_n_epochs", self.every_n_epochs, 0, "0 analyses only at the end of training")
         _int("log_top_n", self.log_top_n, 0, "0 shows no examples")
         _int("max_events", self.max_events, 1, "None keeps every event", True)
+        _int("shard_batches", self.shard_batches, 1, "None scores in memory", True)
         _choice("on_error", self.on_error, ("warn", "raise"))
         if isinstance(self.params, str):
             self.params = [self.params]

@@ -151,6 +151,7 @@ def _score(args: argparse.Namespace, loaded: Loaded, config: AnalysisConfig) -> 
         dirpath=args.out,
         loggers=loggers,
         device=_device(args),
+        resume=args.resume,
     )
     scores = event.self_influence
     print(f"scored {scores.numel()} training examples -> {event.directory}")

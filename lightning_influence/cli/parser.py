@@ -223,6 +223,12 @@ examples:
         "--tensorboard", metavar="DIR", help="also log the event to a TensorBoard run under DIR"
     )
     score.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --shard-batches: continue an interrupted score of this checkpoint from its saved "
+        "eigenpairs and complete score shards (without it, the analysis starts over)",
+    )
+    score.add_argument(
         "--show", type=int, default=10, metavar="N", help="print the N most self-influential"
     )
 

@@ -39,6 +39,7 @@ SCHEDULE_FIELDS = (
     "log_top_n",
     "max_events",
     "num_workers",
+    "shard_batches",
 )
 
 

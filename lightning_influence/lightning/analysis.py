@@ -15,6 +15,7 @@ scores its shard of the dataset, the shards are gathered, and global zero writes
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +28,13 @@ from lightning_influence.config import AnalysisConfig, ConfigurationError
 from lightning_influence.engines.arnoldi import ArnoldiInfluence
 from lightning_influence.io.events import ScoringEvent, check_event_folder, write_event
 from lightning_influence.io.manifest import analysis_arguments, build_manifest, scoring_arguments
+from lightning_influence.io.shards import read_scores
 from lightning_influence.lightning.loaders import LoaderParts, loader_parts, ordered_loader
 from lightning_influence.lightning.loggers import log_event
 from lightning_influence.lightning.runtime import Runtime, preserved_rng_states, score_shard
 from lightning_influence.losses import LossFn, resolve_loss
 
-__all__ = ["Trigger", "fit_engine", "hvp_indices", "run_analysis"]
+__all__ = ["Trigger", "build_engine", "fit_engine", "hvp_indices", "run_analysis"]
 
 Trigger = Literal["epoch_end", "train_end", "manual", "checkpoint"]
 
@@ -51,6 +53,21 @@ def hvp_indices(num_examples: int, hvp_samples: int | None, seed: int) -> Tensor
     return torch.randperm(num_examples, generator=generator)[:hvp_samples].sort().values
 
 
+def build_engine(
+    runtime: Runtime, config: AnalysisConfig, loss_fn: LossFn | None
+) -> ArnoldiInfluence:
+    """An unfitted ``ArnoldiInfluence`` for this runtime and config."""
+    engine_config = config.engine_config()
+    engine_config.progress = config.progress and runtime.progress and runtime.is_global_zero
+    return ArnoldiInfluence(
+        runtime.module,
+        resolve_loss(loss_fn, runtime.module),
+        params=config.params,
+        config=engine_config,
+        transfer_batch=runtime.transfer,
+    )
+
+
 def fit_engine(
     runtime: Runtime, config: AnalysisConfig, loss_fn: LossFn | None, parts: LoaderParts
 ) -> tuple[ArnoldiInfluence, int]:
@@ -67,20 +84,40 @@ def fit_engine(
     share = ordered_loader(
         parts, indices[runtime.rank :: runtime.world_size].tolist(), num_workers=config.num_workers
     )
-    engine_config = config.engine_config()
-    engine_config.progress = config.progress and runtime.progress and runtime.is_global_zero
-    engine = ArnoldiInfluence(
-        runtime.module,
-        resolve_loss(loss_fn, runtime.module),
-        params=config.params,
-        config=engine_config,
-        transfer_batch=runtime.transfer,
-    )
+    engine = build_engine(runtime, config, loss_fn)
     if runtime.world_size > 1:
         # Fail together: a rank stopping before the first collective would hang the others.
         runtime.agree(lambda: engine.check_losses(share, "HVP sample"))
     engine.fit(share, reduce_fn=runtime.reduce_sum)
     return engine, len(indices)
+
+
+def _fitted_or_saved(
+    runtime: Runtime,
+    config: AnalysisConfig,
+    loss_fn: LossFn | None,
+    parts: LoaderParts,
+    saved: Path | None,
+    resume: bool,
+) -> tuple[ArnoldiInfluence, int]:
+    """The fitted engine: from ``saved`` (the eigenpairs of an interrupted analysis of these
+    weights) when resuming, else fitted now (and saved there by global zero)."""
+    if saved is not None and resume and saved.is_file():
+        state = torch.load(saved, map_location="cpu", weights_only=False)
+        engine = build_engine(runtime, config, loss_fn)
+        engine.load_state_dict(state["engine"])
+        return engine, int(state["hvp_examples"])
+    engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts)
+    if saved is not None:
+
+        def save() -> None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            tmp = saved.with_name(f".{saved.name}.tmp")
+            torch.save({"engine": engine.state_dict(), "hvp_examples": hvp_examples}, tmp)
+            os.replace(tmp, saved)
+
+        runtime.agree(lambda: save() if runtime.is_global_zero else None)
+    return engine, hvp_examples
 
 
 def run_analysis(
@@ -94,6 +131,7 @@ def run_analysis(
     step: int,
     trigger: Trigger,
     provenance: dict[str, Any] | None = None,
+    resume: bool = True,
 ) -> ScoringEvent:
     """Analyse the training set of ``loader`` at the runtime's current weights; call it on every rank.
 
@@ -108,6 +146,9 @@ def run_analysis(
         epoch, step: the training position of the weights, which names the event.
         trigger: what asked for the analysis (recorded in the manifest).
         provenance: more manifest entries (e.g. the checkpoint path), written with the rest.
+        resume: with ``config.shard_batches``, continue an interrupted analysis of this event
+            from its saved eigenpairs and complete score shards (``<event>/scores/``); False
+            starts it over.
 
     Returns:
         The event, written and logged (on global zero) and identical on every rank.
@@ -126,8 +167,16 @@ def run_analysis(
     wall = time.perf_counter()
     # inference_mode off for the whole analysis, not only the engine's autograd: event tensors
     # made under a caller's inference_mode would be inference tensors, unusable in training.
+    streamed = folder / "scores" if config.shard_batches else None
     with torch.inference_mode(False), preserved_rng_states(), runtime.rank_zero_buffers():
-        engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts)
+        engine, hvp_examples = _fitted_or_saved(
+            runtime,
+            config,
+            loss_fn,
+            parts,
+            None if streamed is None else streamed / "engine.pt",
+            resume,
+        )
         fit_seconds = time.perf_counter() - wall
         start = time.perf_counter()
         shard = ordered_loader(
@@ -135,7 +184,18 @@ def run_analysis(
             score_shard(num_examples, runtime.world_size, runtime.rank),
             num_workers=config.num_workers,
         )
-        local = runtime.agree(lambda: engine.self_influence(shard).double())
+        if streamed is None:
+            local = runtime.agree(lambda: engine.self_influence(shard).double())
+        else:
+            # every rank streams its own block of dataset indices into its own shards
+            rank_dir = streamed / f"rank-{runtime.rank}-of-{runtime.world_size}"
+            local = runtime.agree(
+                lambda: read_scores(
+                    engine.self_influence_shards(
+                        shard, rank_dir, shard_batches=config.shard_batches, resume=resume
+                    )
+                )
+            )
         scores = runtime.gather(local)[:num_examples].cpu()
         scoring_seconds = time.perf_counter() - start
 

@@ -62,6 +62,7 @@ def analyze_checkpoint(
     dirpath: str | os.PathLike | None = None,
     loggers: Sequence[Logger] = (),
     device: str | torch.device | None = None,
+    resume: bool = True,
     **config_kwargs: Any,
 ) -> ScoringEvent:
     """Load a Lightning checkpoint into a module and analyse it, without training.
@@ -83,6 +84,8 @@ def analyze_checkpoint(
         dirpath: where the analysis' folder goes; None: see ``default_dirpath``.
         loggers: e.g. ``[TensorBoardLogger(...)]``; none by default.
         device: where to compute; None: CUDA when available, else CPU.
+        resume: with ``shard_batches``, continue an interrupted analysis of this checkpoint from
+            its saved eigenpairs and complete score shards; False starts over.
 
     Returns:
         The event.
@@ -111,6 +114,7 @@ def analyze_checkpoint(
         dirpath=dirpath,
         loggers=loggers,
         device=device,
+        resume=resume,
     )
 
 
@@ -126,6 +130,7 @@ def analyze_loaded(
     dirpath: str | os.PathLike | None = None,
     loggers: Sequence[Logger] = (),
     device: str | torch.device | None = None,
+    resume: bool = True,
 ) -> ScoringEvent:
     """``analyze_checkpoint`` for a module that already holds the checkpoint's weights."""
     config = config or AnalysisConfig()
@@ -146,6 +151,7 @@ def analyze_loaded(
         step=step,
         trigger="checkpoint",
         provenance={"name": name, "checkpoint": os.fspath(checkpoint_path)},
+        resume=resume,
     )
 
 

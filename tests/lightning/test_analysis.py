@@ -118,3 +118,35 @@ def test_hvp_sample_is_seeded_and_sorted():
     assert a.tolist() == hvp_indices(100, 10, seed=3).tolist()
     assert hvp_indices(100, None, seed=3).tolist() == list(range(100))
     assert AnalysisConfig.fast().n_iters == 50 and AnalysisConfig.paper().hvp_samples is None
+
+
+def test_cli_score_streams_shards_and_resumes_an_interrupted_run(trained, tmp_path):
+    callback = trained["callback"]
+    event = callback.latest_event
+    base = ["score", "--ckpt", trained["ckpt"], *MODEL, "--data.image", "true", "--loss",
+            "cross_entropy", *FLAGS, "--no-progress", "--device", "cpu", "--out", tmp_path,
+            "--shard-batches", "1"]  # fmt: skip
+    assert main([str(a) for a in base]) == 0
+    folder = tmp_path / callback.name / event.name  # shard_batches is not in the name
+    expected = (Path(event.directory) / "self_influence.csv").read_bytes()
+    assert (folder / "self_influence.csv").read_bytes() == expected
+    scores = folder / "scores"
+    shards = sorted((scores / "rank-0-of-1").glob("shard-*.csv"))
+    assert len(shards) == 5  # 40 examples, batches of 8
+    saved = scores / "engine.pt"
+    fitted_at = saved.stat().st_mtime_ns
+
+    # an interrupted run: the eigenpairs and two shards were written, then the process died
+    for shard in shards[2:]:
+        shard.unlink()
+    (folder / "self_influence.csv").unlink()
+    (folder / "manifest.json").unlink()
+    assert main([str(a) for a in [*base, "--resume"]]) == 0
+    assert (folder / "self_influence.csv").read_bytes() == expected
+    assert saved.stat().st_mtime_ns == fitted_at  # the saved eigenpairs were used, not refitted
+    assert len(list((scores / "rank-0-of-1").glob("shard-*.csv"))) == 5
+
+    # without --resume the analysis starts over
+    assert main([str(a) for a in base]) == 0
+    assert saved.stat().st_mtime_ns != fitted_at
+    assert (folder / "self_influence.csv").read_bytes() == expected
