@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from lightning_influence.core import batch as _batch
 
-__all__: list[str] = []
+__all__ = ["FunctionalLoss", "LossFn", "frozen_tensors", "make_functional_loss"]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 FunctionalLoss = Callable[[dict[str, Tensor], Any], Tensor]
@@ -32,6 +32,22 @@ class _LossModule(nn.Module):
         return self._loss_fn(self.model, batch)
 
 
+def frozen_tensors(model: nn.Module, compute_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """Every parameter of ``model`` detached, and the buffers that need casting, in the compute
+    dtype: what ``functional_call`` uses for what the caller does not swap in."""
+    fixed: dict[str, Tensor] = {}
+    for name, t in model.named_parameters():
+        t = t.detach()
+        if compute_dtype is not None and t.is_floating_point() and t.dtype != compute_dtype:
+            t = t.to(compute_dtype)
+        fixed[name] = t
+    if compute_dtype is not None:
+        for name, t in model.named_buffers():
+            if t.is_floating_point() and t.dtype != compute_dtype:
+                fixed[name] = t.detach().to(compute_dtype)
+    return fixed
+
+
 def make_functional_loss(
     model: nn.Module, loss_fn: LossFn, compute_dtype: torch.dtype | None = None
 ) -> FunctionalLoss:
@@ -39,13 +55,11 @@ def make_functional_loss(
 
     When ``compute_dtype`` differs from a floating tensor's dtype (a model trained in bf16, say),
     every floating parameter, buffer and batch leaf is cast to it: HVPs in float32 or better.
+    Parameters left out of ``params`` take part detached: a parameter subset never builds an
+    autograd graph through the others (nor returns results that require grad).
     """
     wrapper = _LossModule(model, loss_fn)
-    fixed: dict[str, Tensor] = {}
-    if compute_dtype is not None:
-        for name, t in [*model.named_parameters(), *model.named_buffers()]:
-            if t.is_floating_point() and t.dtype != compute_dtype:
-                fixed["model." + name] = t.detach().to(compute_dtype)
+    fixed = {"model." + name: t for name, t in frozen_tensors(model, compute_dtype).items()}
 
     def f(params: dict[str, Tensor], batch: Any) -> Tensor:
         if compute_dtype is not None:

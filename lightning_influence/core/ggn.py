@@ -26,7 +26,7 @@ from torch.func import functional_call, grad, jvp, vjp
 from torch.utils import _pytree as pytree
 
 from lightning_influence.core import batch as _batch
-from lightning_influence.core.functional_loss import LossFn
+from lightning_influence.core.functional_loss import LossFn, frozen_tensors
 
 __all__ = ["OutputSplit", "ggn_vector_product"]
 
@@ -68,11 +68,7 @@ class OutputSplit:
         self, model: nn.Module, loss_fn: LossFn, compute_dtype: torch.dtype | None = None
     ) -> None:
         self.model, self.loss_fn, self.compute_dtype = model, loss_fn, compute_dtype
-        self.fixed: dict[str, Tensor] = {}
-        if compute_dtype is not None:
-            for name, t in [*model.named_parameters(), *model.named_buffers()]:
-                if t.is_floating_point() and t.dtype != compute_dtype:
-                    self.fixed[name] = t.detach().to(compute_dtype)
+        self.fixed = frozen_tensors(model, compute_dtype)
 
     def _cast(self, batch: Any) -> Any:
         if self.compute_dtype is None:

@@ -321,3 +321,22 @@ def test_non_finite_hvp_names_the_batch():
     batches[1][2] = 0.0  # w x + b = 0 for this example
     with pytest.raises(FloatingPointError, match="batch 1 of the HVP sample"):
         ArnoldiInfluence(model, loss, n_iters=5, top_k=2, progress=False).fit(batches)
+
+
+def test_a_parameter_subset_builds_no_graph_through_the_other_parameters():
+    # Bug: the parameters left out of `params` stayed live in functional_call, so every HVP and
+    # score carried an autograd graph through them (memory grew with n) and results required grad.
+    model = make_mlp()
+    _, _, batches = make_data()
+    engine = ArnoldiInfluence(
+        model, cross_entropy, params=["2"], n_iters=10, top_k=4, progress=False
+    )
+    engine.fit(batches)
+    scores = engine.self_influence(batches)
+    assert not scores.requires_grad
+    assert not engine.eigenvectors.requires_grad and not engine.eigenvalues.requires_grad
+    assert not engine.influence(batches, batches[:1]).requires_grad
+    ggn = ArnoldiInfluence(
+        model, cross_entropy, params=["2"], n_iters=10, top_k=4, curvature="ggn", progress=False
+    ).fit(batches)
+    assert not ggn.eigenvectors.requires_grad
