@@ -237,8 +237,17 @@ class ProjectedInfluence(EngineBase):
         k = directions.shape[0]
         chunk = min(k, self.config.direction_chunk)
         one = _batch.slice_batch(batch, 0, 1)
-        for mode in ("grad", "jvp"):  # warm up both routes on one example
-            self._project_batch(f, params, one, directions[:chunk], mode)
+        self._project_batch(f, params, one, directions[:chunk], "grad")  # warm up both routes
+        try:
+            self._project_batch(f, params, one, directions[:chunk], "jvp")
+        except (NotImplementedError, RuntimeError) as err:
+            # An operation without a forward-mode derivative (a custom kernel, say): the
+            # per-example-gradient route computes the same numbers.
+            self._warn(
+                f"projection='auto': the forward-mode route fails on this model "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); using 'grad'"
+            )
+            return "grad", None
 
         sync_device(device)
         start = time.perf_counter()
