@@ -9,6 +9,7 @@ method on the model. ``resolve_loss`` is the one place that decides which of the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,10 +115,24 @@ def resolve_loss(loss_fn: LossFn | None, model: nn.Module) -> LossFn:
 
 
 def loss_name(loss_fn: LossFn | None) -> str:
-    """How manifests name a loss: its qualified name (``influence_loss`` for the method)."""
+    """How manifests (and so analysis names) name a loss, the same in every process: its module
+    and qualified name, ``influence_loss`` for the method, and for a ``functools.partial`` the
+    function with its bound arguments (never a ``repr`` that holds a memory address).
+
+    Example:
+        >>> loss_name(functools.partial(cross_entropy_loss, ignore_index=0))
+        'lightning_influence.losses.cross_entropy_loss(ignore_index=0)'
+    """
     if loss_fn is None or loss_fn is _module_influence_loss:
         return "influence_loss"
-    return getattr(loss_fn, "__qualname__", None) or repr(loss_fn)
+    if isinstance(loss_fn, functools.partial):
+        bound = [repr(a) for a in loss_fn.args]
+        bound += [f"{k}={v!r}" for k, v in sorted(loss_fn.keywords.items())]
+        return f"{loss_name(loss_fn.func)}({', '.join(bound)})"
+    target = loss_fn if hasattr(loss_fn, "__qualname__") else type(loss_fn)
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", type(loss_fn).__name__)
+    return f"{module}.{qualname}" if module else qualname
 
 
 def check_losses(losses: Any, batch_size: int, where: str) -> None:

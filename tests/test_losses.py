@@ -83,3 +83,28 @@ def test_mse_is_per_example():
 def test_unknown_batch_layout_says_what_to_do():
     with pytest.raises(TypeError, match="influence_loss"):
         cross_entropy_loss(nn.Linear(4, 3), torch.randn(5, 4))
+
+
+def test_loss_names_are_the_same_in_every_process():
+    # Bug: a functools.partial was named by its repr, which holds a memory address: the default
+    # analysis name (a hash of the arguments) changed from process to process.
+    import functools
+    import subprocess
+    import sys
+
+    from lightning_influence.losses import loss_name
+
+    partial = functools.partial(cross_entropy_loss, ignore_index=0)
+    assert loss_name(partial) == "lightning_influence.losses.cross_entropy_loss(ignore_index=0)"
+    assert "0x" not in loss_name(lambda m, b: 0) and "0x" not in loss_name(torch.nn.MSELoss())
+    code = (
+        "import functools; from lightning_influence import InfluenceCallback, cross_entropy_loss; "
+        "print(InfluenceCallback(functools.partial(cross_entropy_loss, ignore_index=0)).name)"
+    )
+    names = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    assert len(names) == 1

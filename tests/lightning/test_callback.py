@@ -163,7 +163,7 @@ def test_fit_scores_every_epoch_and_writes_events(tmp_path):
     assert manifest["epoch"] == 2 and manifest["global_step"] == 3 * steps_per_epoch
     assert manifest["trigger"] == "epoch_end"
     assert manifest["arguments"]["n_iters"] == 12 and manifest["arguments"]["hvp_samples"] == 24
-    assert manifest["arguments"]["loss_fn"] == "cross_entropy_loss"
+    assert manifest["arguments"]["loss_fn"] == "lightning_influence.losses.cross_entropy_loss"
     assert manifest["num_examples"] == N and manifest["hvp_examples"] == 24
     assert manifest["num_params"] == D * 8 + 8 + 8 + 8 + 8 * C + C  # frozen layer left out
     assert set(manifest["timings"]) == {"fit_seconds", "hvp_seconds", "scoring_seconds"}
