@@ -108,3 +108,30 @@ def test_diagnose_ap_quick(tmp_path):
         assert current["tied"] > 0 and current["ap"] >= current["raw_ap"]
         assert 0 <= current["auc"] <= 100 and 0 <= current["ap"] <= 100
     assert payload["checks"]["replica_vs_distill_max_rel_diff"] < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_pruning_quick(tmp_path):
+    _load("pruning").main(["--quick", "--out", str(tmp_path)])
+    payload = _read(tmp_path, "pruning_quick")
+    arms = {row["arm"] for row in payload["per_seed"]}
+    assert arms == {
+        "clean",
+        "noisy",
+        "IF latest",
+        "IF normalized_sum",
+        "IF mean",
+        "loss",
+        "loss mean",
+        "TracIn",
+    }
+    for row in payload["per_seed"]:
+        if row["arm"] not in ("clean", "noisy"):
+            assert 0 <= row["precision"] <= 1 and 0 <= row["precision_first"] <= 1
+        assert 0 <= row["accuracy"] <= 1
+    for run in payload["runs"]:
+        for event in run.get("events", []):
+            assert event["max_rel_residual"] >= 0
+    # the trainers' folders went to a temporary folder inside --out, removed at the end
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pruning_quick.json", "pruning_quick.md"]

@@ -164,10 +164,10 @@ def run_analysis(
     folder = root / f"epoch={int(epoch)}-step={int(step)}"
     runtime.agree(lambda: check_event_folder(folder, scoring_arguments(arguments)))
 
+    streamed = folder / "scores" if config.shard_batches else None
     wall = time.perf_counter()
     # inference_mode off for the whole analysis, not only the engine's autograd: event tensors
     # made under a caller's inference_mode would be inference tensors, unusable in training.
-    streamed = folder / "scores" if config.shard_batches else None
     with torch.inference_mode(False), preserved_rng_states(), runtime.rank_zero_buffers():
         engine, hvp_examples = _fitted_or_saved(
             runtime,

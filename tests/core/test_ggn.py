@@ -79,7 +79,7 @@ def test_ggn_of_squared_error():
 
 def test_engine_with_ggn_curvature_has_no_negative_eigenvalues():
     model = make_mlp()
-    x, y, batches = make_data(n=40)
+    x, _, batches = make_data(n=40)
     engine = ArnoldiInfluence(
         model, cross_entropy, n_iters=38, top_k=10, curvature="ggn", progress=False
     ).fit(batches)

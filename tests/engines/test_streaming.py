@@ -59,7 +59,9 @@ def test_a_failed_write_keeps_the_complete_shards_and_a_rerun_resumes(tmp_path, 
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", disk_full_at_the_fourth_file)
-    with pytest.raises(OSError, match=r"could not write shard 2 .*No space left on device.*resumes"):
+    with pytest.raises(
+        OSError, match=r"could not write shard 2 .*No space left on device.*resumes"
+    ):
         engine.self_influence_shards(loader, tmp_path / "s", shard_batches=2)
     monkeypatch.setattr(os, "fsync", real_fsync)
     out = tmp_path / "s"
