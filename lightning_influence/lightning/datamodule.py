@@ -94,6 +94,9 @@ class InfluenceDataModule(DelegatingDataModule):
             ``dataset -> [N]`` called on the training dataset.
         scores: an earlier run's scoring event(s): a ``ScoringEvent``, an event folder, or a folder
             of events (the newest is read), or a list of these.
+        known_noise: for experiments with injected noise: ``[N]`` bool, True for the examples
+            known to be mislabeled (or a function ``dataset -> [N]``); the loggers then get the
+            precision and recall of the dropped set against it.
 
     Attributes:
         config: the ``PruningConfig``.
@@ -125,6 +128,7 @@ class InfluenceDataModule(DelegatingDataModule):
         temperature: float = _D.temperature,
         floor: float = _D.floor,
         scores: EventSource | Sequence[EventSource] | None = None,
+        known_noise: LabelsArg = None,
         seed: int | None = _D.seed,
         write_files: bool = _D.write_files,
     ) -> None:
@@ -144,6 +148,8 @@ class InfluenceDataModule(DelegatingDataModule):
         super().__init__(datamodule)
         self.config = config
         self.labels_arg = labels
+        self.known_noise_arg = known_noise
+        self.known_noise: Tensor | None = None
         try:
             self.seed_events: list[ScoringEvent] = load_events(scores)
         except FileNotFoundError as err:
@@ -280,7 +286,10 @@ class InfluenceDataModule(DelegatingDataModule):
         if seed is None:
             seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self._size = len(dataset)  # type: ignore[arg-type]
-        self.labels = self._resolve_labels(dataset)
+        labels = self._per_example(self.labels_arg, dataset, "labels")
+        self.labels = None if labels is None else labels.long()
+        noise = self._per_example(self.known_noise_arg, dataset, "known_noise")
+        self.known_noise = None if noise is None else noise.bool()
         if self._plan is not None and self._plan.size != self._size:
             raise ValueError(
                 f"the restored keep-mask covers {self._plan.size} examples but the training "
@@ -298,17 +307,16 @@ class InfluenceDataModule(DelegatingDataModule):
         )
         return with_sampler(loader, ours)
 
-    def _resolve_labels(self, dataset: Dataset) -> Tensor | None:
-        labels = self.labels_arg
-        if labels is None:
+    def _per_example(self, value: LabelsArg, dataset: Dataset, what: str) -> Tensor | None:
+        if value is None:
             return None
-        if callable(labels) and not isinstance(labels, Tensor):
-            labels = labels(dataset)
-        out = torch.as_tensor(labels).detach().cpu().long().flatten()
+        if callable(value) and not isinstance(value, Tensor):
+            value = value(dataset)
+        out = torch.as_tensor(value).detach().cpu().flatten()
         if out.numel() != self._size:
             raise ValueError(
-                f"labels has {out.numel()} entries but the training dataset has {self._size}: "
-                "pass one class label per training example, in dataset index order"
+                f"{what} has {out.numel()} entries but the training dataset has {self._size}: "
+                "pass one value per training example, in dataset index order"
             )
         return out
 
@@ -370,7 +378,7 @@ class InfluenceDataModule(DelegatingDataModule):
         trainer = self.trainer
         plan = self._plan
         assert plan is not None
-        metrics = _plan_metrics(plan, self.labels)
+        metrics = _plan_metrics(plan, self.labels, self.known_noise)
         if plan.keep is not None:
             message = f"dropping {int((~plan.keep).sum())} of {plan.size} training examples"
         else:
@@ -406,12 +414,20 @@ class InfluenceDataModule(DelegatingDataModule):
                 rank_zero_warn(f"InfluenceDataModule could not write the plan's file: {err}")
 
 
-def _plan_metrics(plan: SamplingPlan, labels: Tensor | None) -> dict[str, float]:
+def _plan_metrics(
+    plan: SamplingPlan, labels: Tensor | None, known_noise: Tensor | None = None
+) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if plan.keep is not None:
         dropped = ~plan.keep
         metrics["influence_data/kept"] = float(plan.keep.sum())
         metrics["influence_data/dropped"] = float(dropped.sum())
+        if known_noise is not None:
+            hits = float((dropped & known_noise).sum())
+            metrics["influence_data/precision_vs_known_noise"] = hits / max(float(dropped.sum()), 1)
+            metrics["influence_data/recall_vs_known_noise"] = hits / max(
+                float(known_noise.sum()), 1
+            )
         if labels is not None:
             for c in torch.unique(labels).tolist():
                 metrics[f"influence_data/dropped_class_{c}"] = float(

@@ -33,7 +33,7 @@ from lightning_influence.viz import (
     spectrum_figure,
 )
 
-__all__ = ["log_event", "markdown_table", "top_examples"]
+__all__ = ["log_event", "markdown_table", "tensorboard_layout", "top_examples"]
 
 _MATPLOTLIB_AVAILABLE = RequirementCache("matplotlib")
 
@@ -86,6 +86,40 @@ def _scalars(
     return metrics
 
 
+def tensorboard_layout(prefix: str = "influence", data_prefix: str = "influence_data") -> dict:
+    """The custom-scalars layout (TensorBoard's CUSTOM SCALARS tab): the story on one page.
+
+    The spectrum over the epochs, the self-influence summaries and the analysis' cost, and from
+    ``InfluenceDataModule`` the kept and dropped counts, the drops per class, the precision and
+    recall of the dropped set against known noise (when given) and the sampling weights.
+    """
+    return {
+        "influence: the spectrum and the scores": {
+            "top eigenvalues over training": ["Multiline", [rf"{prefix}/eigenvalue_\d+"]],
+            "self-influence (mean, max)": [
+                "Multiline",
+                [rf"{prefix}/self_influence_(mean|max)"],
+            ],
+            "cost of an analysis (s)": [
+                "Multiline",
+                [rf"{prefix}/(fit|hvp|scoring)_seconds"],
+            ],
+        },
+        "influence: pruning": {
+            "kept and dropped": ["Multiline", [rf"{data_prefix}/(kept|dropped)$"]],
+            "dropped per class": ["Multiline", [rf"{data_prefix}/dropped_class_\d+"]],
+            "dropped vs known noise": [
+                "Multiline",
+                [rf"{data_prefix}/(precision|recall)_vs_known_noise"],
+            ],
+            "sampling weights": [
+                "Multiline",
+                [rf"{data_prefix}/(weight_min|weight_mean|weight_max|effective_size)"],
+            ],
+        },
+    }
+
+
 def _log_tensorboard(
     writer: Any,
     eigenvalues: Tensor,
@@ -94,6 +128,7 @@ def _log_tensorboard(
     step: int,
     prefix: str,
 ) -> None:
+    writer.add_custom_scalars(tensorboard_layout(prefix))
     if eigenvalues.numel():
         writer.add_histogram(f"{prefix}/spectrum", eigenvalues.numpy(), step)
     finite = scores[torch.isfinite(scores)]

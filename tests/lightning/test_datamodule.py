@@ -261,7 +261,12 @@ def test_class_safeguard_and_per_class_counts_in_the_logger(tmp_path):
     scores = torch.where(labels == 3, 100.0 + torch.arange(N), torch.arange(N).double())
     event = ScoringEvent(0, 5, scores, torch.ones(1))
     dm = InfluenceDataModule(
-        ToyData(), fraction=0.25, labels=lambda ds: ds.tensors[1], min_per_class=2, scores=event
+        ToyData(),
+        fraction=0.25,
+        labels=lambda ds: ds.tensors[1],
+        min_per_class=2,
+        scores=event,
+        known_noise=labels == 3,  # as if class 3's labels were the injected noise
     )
     model = Recorder()
     logger = CSVLogger(tmp_path, name="logs")
@@ -275,6 +280,9 @@ def test_class_safeguard_and_per_class_counts_in_the_logger(tmp_path):
     assert float(row["influence_data/dropped_class_3"]) == 8
     assert float(row["influence_data/dropped_class_2"]) == 1  # index 38
     assert float(row["influence_data/dropped_class_1"]) == 1  # index 37
+    # 8 of the 10 dropped are "known noise", and 8 of its 10 examples were dropped
+    assert float(row["influence_data/precision_vs_known_noise"]) == 0.8
+    assert float(row["influence_data/recall_vs_known_noise"]) == 0.8
     # an in-memory seed has no folder: the dropped indices go under this run's log dir
     dropped = (
         Path(logger.log_dir) / "influence" / "plans" / "epoch=0-step=5-seed" / "dropped.csv"

@@ -190,6 +190,12 @@ def test_tensorboard_serves_spectra_and_self_influence(tmp_path):
         if importlib.util.find_spec("matplotlib") is not None:
             expected.add("influence/spectrum_plot")
         assert expected <= set(images)
+        # the custom-scalars page tells the story without searching tags
+        layout = _get_json(f"{base}/custom_scalars/layout")
+        titles = [c["title"] for c in layout["category"]]
+        assert titles == ["influence: the spectrum and the scores", "influence: pruning"]
+        charts = {ch["title"] for c in layout["category"] for ch in c["chart"]}
+        assert {"top eigenvalues over training", "dropped vs known noise"} <= charts
         text = _get_json(f"{base}/text/tags")[run]
         assert "influence/top_examples/text_summary" in text  # SummaryWriter.add_text's suffix
     finally:
