@@ -94,6 +94,7 @@ def run_arm(arm: str, data: Digits, seed: int, args: argparse.Namespace) -> ArmR
         fraction=args.fraction if pruning else 0.0,
         combine=args.combine,
         labels=lambda ds: ds.tensors[1],
+        known_noise=data.flipped,  # TensorBoard then shows the dropped set's precision
         seed=seed,
     )
     callbacks: list[pl.Callback] = []
