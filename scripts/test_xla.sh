@@ -85,7 +85,7 @@ import xml.etree.ElementTree as ET
 suites = ET.parse(sys.argv[1]).getroot().iter("testsuite")
 ran = sum(int(s.get("tests", 0)) - int(s.get("skipped", 0)) for s in suites)
 if ran == 0:
-    sys.exit("test_xla: no xla test ran")
-print(f"test_xla: {ran} xla tests ran")
+    sys.exit("test_xla: no test ran")
+print(f"test_xla: {ran} tests ran")
 EOF
 echo "test_xla: done in $((SECONDS - started)) s"
