@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_influence.config import AnalysisConfig, ConfigurationError
+from lightning_influence.config import AnalysisConfig, ConfigurationError, Curvature
 from lightning_influence.core.hvp import HVPMode
 from lightning_influence.core.parameters import ParamSelector, select_parameters
 from lightning_influence.core.projection import ProjectionMode
@@ -67,8 +67,9 @@ class InfluenceCallback(Callback):
             with other arguments never share a folder. Writing into an event folder made with
             other arguments is refused.
         every_n_epochs, at_train_end, n_iters, top_k, hvp_samples, seed, params, eigenvalue_policy,
-            projection, hvp_mode, batch_size, num_workers, on_error, log_top_n, max_events: the
-            ``AnalysisConfig`` fields of the same names (defaults and meaning documented there).
+            projection, hvp_mode, curvature, batch_size, num_workers, on_error, log_top_n,
+            max_events, shard_batches: the ``AnalysisConfig`` fields of the same names (defaults
+            and meaning documented there).
         dirpath: where the analysis' folder goes; None: ``<trainer.log_dir>/influence``.
         progress: progress bars during fit and scoring; None follows the trainer's progress bar.
         **engine_kwargs: further ``ArnoldiConfig`` fields (``damping``, ``eigenvalue_rtol``,
@@ -105,12 +106,14 @@ class InfluenceCallback(Callback):
         eigenvalue_policy: EigenvaluePolicy = _D.eigenvalue_policy,
         projection: ProjectionMode = _D.projection,
         hvp_mode: HVPMode = _D.hvp_mode,
+        curvature: Curvature = _D.curvature,
         batch_size: int | None = _D.batch_size,
         num_workers: int = _D.num_workers,
         dirpath: str | os.PathLike | None = None,
         on_error: Literal["warn", "raise"] = _D.on_error,
         log_top_n: int = _D.log_top_n,
         max_events: int | None = _D.max_events,
+        shard_batches: int | None = _D.shard_batches,
         progress: bool | None = None,
         **engine_kwargs: Any,
     ) -> None:
@@ -132,11 +135,13 @@ class InfluenceCallback(Callback):
                 eigenvalue_policy=eigenvalue_policy,
                 projection=projection,
                 hvp_mode=hvp_mode,
+                curvature=curvature,
                 batch_size=batch_size,
                 num_workers=num_workers,
                 on_error=on_error,
                 log_top_n=log_top_n,
                 max_events=max_events,
+                shard_batches=shard_batches,
                 progress=True if progress is None else progress,
                 **engine_kwargs,
             )
