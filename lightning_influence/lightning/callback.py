@@ -253,6 +253,9 @@ class InfluenceCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        unsupported = unsupported_strategy(trainer.strategy)
+        if unsupported is not None:
+            raise MisconfigurationException(f"InfluenceCallback({self.name}): {unsupported}")
         try:
             resolve_loss(self.loss_fn, pl_module)
             select_parameters(pl_module, self.config.params)
@@ -366,6 +369,24 @@ class InfluenceCallback(Callback):
                 "(an epoch end with every_n_epochs, the end of training, or analyze())"
             )
         return self.events[-1]
+
+
+def unsupported_strategy(strategy: Any) -> str | None:
+    """Why the analysis cannot run under ``strategy``, or None when it can.
+
+    Sharded strategies (FSDP, DeepSpeed) hold a shard of every parameter on each rank: the HVPs
+    would differentiate flattened shards, not the model's parameters. DDP, single devices and XLA
+    hold whole parameters.
+    """
+    name = type(strategy).__name__
+    if "FSDP" in name or "DeepSpeed" in name:
+        return (
+            f"strategy {name} shards the parameters across ranks, which this analysis does not "
+            "support (its Hessian-vector products need whole parameters on every rank): train "
+            "with strategy='ddp', or analyse a saved checkpoint with analyze_checkpoint / "
+            "lightning-influence score"
+        )
+    return None
 
 
 def _default_root(trainer: pl.Trainer) -> Path:

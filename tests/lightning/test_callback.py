@@ -631,3 +631,15 @@ def test_from_config_and_defaults_come_from_the_config():
     callback = InfluenceCallback.from_config(fast, cross_entropy_loss)
     assert callback.config == fast
     assert InfluenceCallback(cross_entropy_loss).config == AnalysisConfig()
+
+
+def test_sharded_strategies_are_refused_with_the_way_out():
+    # Lightning refuses FSDP on the CPU, so the check is exercised on a real FSDPStrategy object.
+    from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
+
+    from lightning_influence.lightning.callback import unsupported_strategy
+
+    message = unsupported_strategy(FSDPStrategy())
+    assert "FSDPStrategy shards the parameters" in message and "strategy='ddp'" in message
+    assert "analyze_checkpoint" in message
+    assert unsupported_strategy(DDPStrategy()) is None
