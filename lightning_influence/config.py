@@ -175,6 +175,13 @@ class ArnoldiConfig(ScoringConfig):
             choices=tuple(_DTYPES),
         ),
     )
+    basis_file: str | None = field(
+        default=None,
+        metadata=_help(
+            "keep the Krylov basis in this file (a numpy memmap) instead of memory, for when "
+            "(n + 1) x P does not fit in RAM; needs a CPU basis and basis_dtype float32/float16."
+        ),
+    )
     cache_batches: bool = field(
         default=True,
         metadata=_help(

@@ -8,7 +8,9 @@ whose unused rows are zero), so a compiled backend such as XLA sees one graph pe
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -86,6 +88,27 @@ def _rows_combine(basis: Tensor, c: Tensor, buffer: Tensor | None) -> Tensor:
     return out
 
 
+_NUMPY_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16"}
+
+
+def _file_backed(
+    path: str | os.PathLike, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """A zero tensor whose storage is the file ``path`` (a numpy memmap, created or truncated)."""
+    if device.type != "cpu":
+        raise ValueError(f"a file-backed basis lives on the CPU, not on basis_device={device}")
+    if dtype not in _NUMPY_DTYPES:
+        raise ValueError(
+            f"a file-backed basis stores float64, float32 or float16, not {dtype} (numpy has no "
+            "bfloat16): pass basis_dtype='float16' or 'float32'"
+        )
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    array = np.memmap(path, dtype=_NUMPY_DTYPES[dtype], mode="w+", shape=shape)
+    return torch.from_numpy(array)  # zero-filled by the operating system
+
+
 # Rows of a low-precision basis converted to the work dtype at a time: about 32 MiB, so that
 # the conversion buffer stays small beside the basis it saves memory on.
 _CONVERT_BYTES = 32 * 2**20
@@ -99,6 +122,7 @@ def arnoldi(
     basis_device: torch.device | str | None = None,
     basis_dtype: torch.dtype | None = None,
     breakdown_tol: float | None = None,
+    basis_file: str | os.PathLike | None = None,
     on_iteration: Callable[[int], None] | None = None,
     graph_cut: Callable[[list[Tensor]], None] | None = None,
 ) -> ArnoldiResult:
@@ -118,6 +142,9 @@ def arnoldi(
         basis_dtype: storage dtype of the basis (default: ``start``'s dtype). Arithmetic is done
             in at least float32.
         breakdown_tol: relative breakdown threshold (default ``1000 * eps`` of the work dtype).
+        basis_file: keep the basis in this file (a numpy memmap) instead of in memory, for when
+            (n + 1) x P does not fit in RAM; the operating system pages rows in and out. Needs a
+            CPU ``basis_device`` and a float32, float64 or float16 ``basis_dtype``.
         on_iteration: called after every iteration with its index (progress bars).
         graph_cut: called once per iteration, before the host reads the new norms, with the
             tensors the loop carries on (basis, Hessenberg matrix, next vector, norms); on XLA it
@@ -143,7 +170,10 @@ def arnoldi(
     tol = breakdown_tol if breakdown_tol is not None else 1000 * torch.finfo(work).eps
     dim = start.numel()
 
-    basis = torch.zeros(n_iters + 1, dim, device=bdevice, dtype=bdtype)
+    if basis_file is not None:
+        basis = _file_backed(basis_file, (n_iters + 1, dim), bdtype, bdevice)
+    else:
+        basis = torch.zeros(n_iters + 1, dim, device=bdevice, dtype=bdtype)
     # The Hessenberg matrix lives beside the basis until the end, so that the loop moves one
     # pair of scalars to the host per iteration and nothing else.
     hess = torch.zeros(n_iters + 1, n_iters, device=bdevice, dtype=work)

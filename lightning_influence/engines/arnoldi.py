@@ -168,6 +168,7 @@ class ArnoldiInfluence(ProjectedInfluence):
                     cfg.n_iters,
                     basis_device=self._directions_device(),
                     basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
+                    basis_file=cfg.basis_file,
                     on_iteration=lambda _: bar.update(),
                     graph_cut=graph_cut(device),
                 )

@@ -40,6 +40,7 @@ SCHEDULE_FIELDS = (
     "max_events",
     "num_workers",
     "shard_batches",
+    "basis_file",  # where the basis is stored, not what it holds
 )
 
 

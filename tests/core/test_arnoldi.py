@@ -100,3 +100,20 @@ def test_bad_arguments():
         arnoldi(lambda v: v, torch.zeros(3), 2)
     with pytest.raises(ValueError, match="top_k=0"):
         distill(arnoldi(lambda v: v, torch.ones(3), 2), 0)
+
+
+def test_file_backed_basis_gives_the_in_memory_result(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    a = m @ m.T
+    start = torch.randn(30, generator=g, dtype=torch.float64)
+    memory = arnoldi(lambda v: a @ v, start, 12)
+    path = tmp_path / "basis.f64"
+    on_disk = arnoldi(lambda v: a @ v, start, 12, basis_file=path)
+    assert torch.equal(on_disk.hessenberg, memory.hessenberg)
+    assert torch.equal(on_disk.basis, memory.basis)
+    assert path.stat().st_size == 13 * 30 * 8  # (n + 1) x P float64
+    pairs = distill(on_disk, 5)
+    torch.testing.assert_close(pairs.eigenvalues, distill(memory, 5).eigenvalues, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="numpy has no bfloat16"):
+        arnoldi(lambda v: a @ v, start, 3, basis_file=tmp_path / "b", basis_dtype=torch.bfloat16)
