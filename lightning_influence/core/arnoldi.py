@@ -272,8 +272,11 @@ def distill(
         vectors = coeffs @ basis
     else:
         vectors = torch.zeros(k, basis.shape[1], dtype=work, device=basis.device)
-        for start in range(0, m, 64):
-            vectors += coeffs[:, start : start + 64] @ basis[start : start + 64].to(work)
+        # rows converted to the work dtype at a time: about 32 MiB, as in the iteration (a fixed
+        # 64 rows were 2.5 GB at P = 10M, the largest allocation of a large fit)
+        step = max(1, _CONVERT_BYTES // (basis.shape[1] * torch.finfo(work).bits // 8))
+        for start in range(0, m, step):
+            vectors += coeffs[:, start : start + step] @ basis[start : start + step].to(work)
     vectors = vectors / vectors.norm(dim=1, keepdim=True)
     pivot = vectors.abs().argmax(dim=1)
     pivot_values = vectors.gather(1, pivot[:, None])
