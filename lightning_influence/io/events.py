@@ -73,6 +73,20 @@ class ScoringEvent:
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
+    def relative_residuals(self) -> Tensor | None:
+        """``residuals / |eigenvalues|`` (small means converged; None when residuals are unknown).
+
+        Example:
+            >>> lam = torch.tensor([4.0, -2.0], dtype=torch.float64)
+            >>> res = torch.tensor([0.04, 0.2], dtype=torch.float64)
+            >>> ScoringEvent(0, 1, torch.zeros(2), lam, residuals=res).relative_residuals.tolist()
+            [0.01, 0.1]
+        """
+        if self.residuals is None:
+            return None
+        return self.residuals / self.eigenvalues.abs()
+
+    @property
     def name(self) -> str:
         """The folder name: ``epoch=E-step=S``."""
         return f"epoch={self.epoch}-step={self.global_step}"
