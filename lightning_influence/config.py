@@ -50,6 +50,15 @@ class ConfigurationError(ValueError):
     """
 
 
+def with_overrides(cls: type, config: Any, overrides: dict[str, Any]) -> Any:
+    """``config`` with the fields in ``overrides`` replaced (and validated again), or
+    ``cls(**overrides)`` when there is no config: how every entry point takes "a config, or its
+    fields as keywords"."""
+    if config is None:
+        return cls(**overrides)
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
 def parse_dtype(name: str | torch.dtype | None, what: str) -> torch.dtype | None:
     """``"float32"`` -> ``torch.float32``; a clear error for anything else."""
     if name is None:

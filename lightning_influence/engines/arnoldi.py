@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_influence.config import ArnoldiConfig, parse_dtype
+from lightning_influence.config import ArnoldiConfig, parse_dtype, with_overrides
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.arnoldi import NonFiniteError, arnoldi, distill
 from lightning_influence.core.context import analysis_context
@@ -73,10 +72,7 @@ class ArnoldiInfluence(ProjectedInfluence):
         transfer_batch: TransferFn | None = None,
         **kwargs: Any,
     ) -> None:
-        if config is None:
-            config = ArnoldiConfig(**kwargs)
-        elif kwargs:
-            config = dataclasses.replace(config, **kwargs)
+        config = with_overrides(ArnoldiConfig, config, kwargs)
         super().__init__(model, loss_fn, config, params=params, transfer_batch=transfer_batch)
         self.residuals_: Tensor | None = None
         self.fit_stats: dict[str, Any] = {}

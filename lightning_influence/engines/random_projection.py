@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_influence.config import RandomProjectionConfig
+from lightning_influence.config import RandomProjectionConfig, with_overrides
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import LossFn
@@ -46,10 +45,7 @@ class RandomProjectionInfluence(ProjectedInfluence):
         transfer_batch: TransferFn | None = None,
         **kwargs: Any,
     ) -> None:
-        if config is None:
-            config = RandomProjectionConfig(**kwargs)
-        elif kwargs:
-            config = dataclasses.replace(config, **kwargs)
+        config = with_overrides(RandomProjectionConfig, config, kwargs)
         super().__init__(model, loss_fn, config, params=params, transfer_batch=transfer_batch)
         self.sketch: Tensor | None = None
         self.projected_hessian: Tensor | None = None

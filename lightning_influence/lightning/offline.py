@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
 
-from lightning_influence.config import AnalysisConfig
+from lightning_influence.config import AnalysisConfig, with_overrides
 from lightning_influence.io.checkpoint import read_checkpoint, saved_init_args
 from lightning_influence.io.events import ScoringEvent
 from lightning_influence.io.manifest import analysis_arguments, analysis_name
@@ -97,7 +97,7 @@ def analyze_checkpoint(
             MyModule, train_loader, loss_fn=cross_entropy_loss, n_iters=100, top_k=50,
         )
     """
-    config = _config(config, config_kwargs)
+    config = with_overrides(AnalysisConfig, config, config_kwargs)
     checkpoint = read_checkpoint(checkpoint_path)
     if isinstance(model, type):
         model = model(**saved_init_args(model, checkpoint))
@@ -153,11 +153,3 @@ def analyze_loaded(
         provenance={"name": name, "checkpoint": os.fspath(checkpoint_path)},
         resume=resume,
     )
-
-
-def _config(config: AnalysisConfig | None, kwargs: dict[str, Any]) -> AnalysisConfig:
-    if config is not None and kwargs:
-        import dataclasses
-
-        return dataclasses.replace(config, **kwargs)
-    return config if config is not None else AnalysisConfig(**kwargs)
