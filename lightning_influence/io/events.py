@@ -31,6 +31,7 @@ from torch import Tensor
 
 from lightning_influence.config import ConfigurationError
 from lightning_influence.io.atomic import atomic_write
+from lightning_influence.io.manifest import argument_differences
 
 __all__ = [
     "ScoringEvent",
@@ -122,12 +123,8 @@ def check_event_folder(folder: str | os.PathLike, arguments: dict[str, Any]) -> 
         theirs = json.loads(manifest_path.read_text()).get("arguments", {})
     except (OSError, ValueError):
         theirs = {}
-    ours = json.loads(json.dumps(arguments, default=str))
-    differing = sorted(k for k in ours if ours[k] != theirs.get(k))
-    if differing:
-        shown = ", ".join(
-            f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differing[:4]
-        )
+    shown = argument_differences(theirs, json.loads(json.dumps(arguments, default=str)))
+    if shown is not None:
         raise ConfigurationError(
             f"{folder} holds an event made with other arguments ({shown}); it is not "
             "overwritten: give this analysis another name= (or dirpath=), or delete that folder"

@@ -23,6 +23,7 @@ __all__ = [
     "SCHEDULE_FIELDS",
     "analysis_arguments",
     "analysis_name",
+    "argument_differences",
     "build_manifest",
     "scoring_arguments",
     "versions",
@@ -74,6 +75,18 @@ def analysis_name(arguments: dict[str, Any]) -> str:
     scoring = scoring_arguments(arguments)
     digest = hashlib.sha1(json.dumps(scoring, sort_keys=True).encode()).hexdigest()
     return f"arnoldi-{digest[:8]}"
+
+
+def argument_differences(
+    theirs: dict[str, Any], ours: dict[str, Any], keys: Any = None
+) -> str | None:
+    """``"k=<theirs> there vs <ours> here, ..."`` for the ``keys`` (default: ours) whose values
+    differ (at most four shown), or None when they agree: the text of every refusal to mix."""
+    keys = ours if keys is None else keys
+    differing = sorted(k for k in keys if ours.get(k) != theirs.get(k))
+    if not differing:
+        return None
+    return ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differing[:4])
 
 
 def versions() -> dict[str, str]:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lightning_influence.config import ConfigurationError
 from lightning_influence.io.atomic import atomic_write
+from lightning_influence.io.manifest import argument_differences
 
 __all__ = ["INDEX_FILE", "ScoreShards", "read_scores"]
 
@@ -66,16 +67,9 @@ class ScoreShards:
         index = self.directory / INDEX_FILE
         if index.is_file():
             saved = json.loads(index.read_text())
-            differing = sorted(
-                k
-                for k in set(saved.get("arguments", {})) | set(self.arguments)
-                if saved.get("arguments", {}).get(k) != self.arguments.get(k)
-            )
-            if differing:
-                shown = ", ".join(
-                    f"{k}={saved['arguments'].get(k)!r} there vs {self.arguments.get(k)!r} here"
-                    for k in differing[:4]
-                )
+            theirs = saved.get("arguments", {})
+            shown = argument_differences(theirs, self.arguments, set(theirs) | set(self.arguments))
+            if shown is not None:
                 raise ConfigurationError(
                     f"{self.directory} holds scores made with other arguments ({shown}); they are "
                     "not mixed: pass another output directory, or delete that one"
