@@ -2,16 +2,20 @@
 
 ``spectrum_figure`` (the top eigenvalues), ``examples_figure`` (the most self-influential
 examples), ``explanation_figure`` (proponents and opponents of test examples) need matplotlib
-(``pip install 'lightning-influence[plot]'``); ``as_image``, ``image_grid``, ``inputs_label`` and
-``preview`` need nothing beyond torch.
+(``pip install 'lightning-influence[plot]'``); ``as_image``, ``image_grid``, ``inputs_label``,
+``preview``, ``image_array`` and ``png_bytes`` need nothing beyond torch and numpy;
+``figure_array`` needs matplotlib.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,8 +23,11 @@ __all__ = [
     "as_image",
     "examples_figure",
     "explanation_figure",
+    "figure_array",
+    "image_array",
     "image_grid",
     "inputs_label",
+    "png_bytes",
     "preview",
     "spectrum_figure",
 ]
@@ -71,6 +78,55 @@ def image_grid(images: list[Tensor], pad: int = 2) -> Tensor:
         part = image[:, :h, :w]
         grid[:, y : y + part.shape[1], x : x + part.shape[2]] = part
     return grid
+
+
+def image_array(image: Tensor) -> np.ndarray:
+    """``[3, H, W]`` floats in [0, 1] (``as_image``, ``image_grid``) as ``[H, W, 3]`` uint8."""
+    pixels = (image.detach().cpu().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())
+
+
+def figure_array(figure: Any) -> np.ndarray:
+    """A matplotlib ``Figure`` rendered (Agg, its own dpi) as ``[H, W, 3]`` uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode ``[H, W]``, ``[H, W, 1|3|4]`` uint8 pixels as a PNG file (zlib only, no Pillow).
+
+    Example:
+        >>> png_bytes(np.zeros((2, 3, 3), dtype=np.uint8))[:8]
+        b'\\x89PNG\\r\\n\\x1a\\n'
+    """
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"image of shape {tuple(pixels.shape)} and dtype {pixels.dtype}: give [H, W] or "
+            "[H, W, C] uint8 pixels with C in 1, 3, 4 (image_array converts a [3, H, W] tensor)"
+        )
+    height, width, channels = pixels.shape
+    color_type = {1: 0, 3: 2, 4: 6}[channels]  # greyscale, RGB, RGBA
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        body = tag + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = np.concatenate(  # every scanline starts with filter type 0 (none)
+        [np.zeros((height, 1), dtype=np.uint8), pixels.reshape(height, width * channels)], axis=1
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def preview(value: Any, limit: int = 60) -> str:

@@ -124,8 +124,9 @@ def _spec_from_config(config: dict[str, Any], section: str, path: str) -> _Spec:
     return _Spec(None, dict(entry))
 
 
-def import_class(class_path: str, flag: str, base: type) -> type:
-    """Import ``pkg.module.Class`` and check it subclasses ``base``; a ``CLIError`` otherwise."""
+def import_class(class_path: str, flag: str, base: type | tuple[type, ...]) -> type:
+    """Import ``pkg.module.Class`` and check it subclasses ``base`` (a class, or a tuple of the
+    same class from each Lightning namespace); a ``CLIError`` otherwise."""
     module_name, _, name = class_path.rpartition(".")
     if not module_name or not name:
         raise CLIError(
@@ -155,7 +156,8 @@ def import_class(class_path: str, flag: str, base: type) -> type:
             f"{', '.join(public) or 'none'}"
         )
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise CLIError(f"{flag} {class_path!r} is not a {base.__name__} subclass")
+        base_name = (base if isinstance(base, type) else base[0]).__name__
+        raise CLIError(f"{flag} {class_path!r} is not a {base_name} subclass")
     return cls
 
 
@@ -225,7 +227,7 @@ class Loaded:
 
 def load(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> Loaded:
     """Build the LightningModule (checkpoint weights loaded) and the DataModule from the options."""
-    import pytorch_lightning as pl
+    from lightning_influence.lightning.namespaces import classes
 
     model_spec, data_spec, ckpt = _Spec(), _Spec(), args.ckpt
     if args.config is not None:
@@ -250,8 +252,8 @@ def load(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> Loaded:
     if not args.no_progress:
         print(f"loading {ckpt}", file=sys.stderr, flush=True)
     checkpoint = _load_checkpoint(ckpt)
-    model_cls = import_class(model_spec.class_path, "--model", pl.LightningModule)
-    data_cls = import_class(data_spec.class_path, "--data", pl.LightningDataModule)
+    model_cls = import_class(model_spec.class_path, "--model", classes("LightningModule"))
+    data_cls = import_class(data_spec.class_path, "--data", classes("LightningDataModule"))
 
     # Init arguments the run saved (save_hyperparameters) first, the command line on top.
     model_args = {

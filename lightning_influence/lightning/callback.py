@@ -20,9 +20,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -36,11 +33,13 @@ from lightning_influence.core.scores import EigenvaluePolicy
 from lightning_influence.io.events import ScoringEvent
 from lightning_influence.io.manifest import SCHEDULE_FIELDS, analysis_arguments, analysis_name
 from lightning_influence.lightning.analysis import Trigger, run_analysis
+from lightning_influence.lightning.namespaces import MisconfigurationException, bases
 from lightning_influence.lightning.runtime import Runtime
 from lightning_influence.losses import LossFn, resolve_loss
 
 if TYPE_CHECKING:
     import pandas
+    import pytorch_lightning as pl
 
 __all__ = ["InfluenceCallback"]
 
@@ -49,7 +48,7 @@ _STATE_VERSION = 2
 _D = AnalysisConfig  # the single source of every default below
 
 
-class InfluenceCallback(Callback):
+class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
     r"""Eigenvalue spectra and self-influence of the training set while a ``Trainer`` fits.
 
     Self-influence ``I(x, x) = sum_i w_i <e_i, g_x>^2`` (``w_i ~ 1 / lambda_i``, ``(lambda_i, e_i)``
@@ -58,6 +57,9 @@ class InfluenceCallback(Callback):
 
     The per-example loss comes from ``loss_fn(model, batch) -> Tensor[B]`` or, when it is None,
     from the LightningModule's ``influence_loss(self, batch) -> Tensor[B]`` method.
+
+    It is a ``Callback`` of ``pytorch_lightning`` and, when the ``lightning`` package is
+    installed, of ``lightning.pytorch``: either namespace's ``Trainer`` takes it.
 
     Args:
         loss_fn: per-example losses of a training batch (``reduction="none"``); e.g.

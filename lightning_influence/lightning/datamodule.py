@@ -24,9 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import (
@@ -46,6 +44,8 @@ from lightning_influence.io.plan_files import write_plan
 from lightning_influence.lightning.callback import InfluenceCallback
 from lightning_influence.lightning.delegation import DelegatingDataModule
 from lightning_influence.lightning.loaders import with_sampler
+from lightning_influence.lightning.namespaces import AnyLightningDataModule
+from lightning_influence.lightning.namespaces import classes as lightning_classes
 from lightning_influence.lightning.sampler import InfluenceSampler
 from lightning_influence.pruning.plan import SamplingPlan, plan_events, plan_for
 
@@ -70,6 +70,9 @@ class InfluenceDataModule(DelegatingDataModule):
 
     so the top ``fraction`` of the scores fades towards ``floor`` over a band of width
     ``temperature`` (in quantile units); the rest keeps weight ~1.
+
+    ``datamodule`` and the ``Trainer`` come from one namespace, ``pytorch_lightning`` or
+    ``lightning.pytorch``; the wrapper is a ``LightningDataModule`` of both.
 
     Scores come from the ``InfluenceCallback`` instances in ``trainer.callbacks`` (their
     ``events``), from ``add_event`` and from ``scores=`` (an earlier run's event, so a fresh run can
@@ -102,6 +105,7 @@ class InfluenceDataModule(DelegatingDataModule):
         config: the ``PruningConfig``.
 
     Example:
+        >>> import pytorch_lightning as pl
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> class Digits(pl.LightningDataModule):
         ...     def train_dataloader(self):
@@ -115,7 +119,7 @@ class InfluenceDataModule(DelegatingDataModule):
 
     def __init__(
         self,
-        datamodule: pl.LightningDataModule,
+        datamodule: AnyLightningDataModule,
         mode: PruneMode = _D.mode,
         fraction: float = _D.fraction,
         *,
@@ -397,7 +401,9 @@ class InfluenceDataModule(DelegatingDataModule):
             return
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-            if plan.weights is not None and isinstance(logger, TensorBoardLogger):
+            if plan.weights is not None and isinstance(
+                logger, lightning_classes("loggers.TensorBoardLogger")
+            ):
                 logger.experiment.add_histogram(
                     "influence_data/weights", plan.weights, trainer.global_step
                 )

@@ -4,11 +4,20 @@ nothing else."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.model_helpers import is_overridden
 from typing_extensions import override
+
+from lightning_influence.lightning.namespaces import (
+    AnyLightningDataModule,
+    bases,
+    classes,
+    is_overridden,
+    namespace_of,
+)
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 __all__ = ["DelegatingDataModule"]
 
@@ -28,15 +37,17 @@ _DELEGATED_HOOKS = (
 )
 
 
-class DelegatingDataModule(pl.LightningDataModule):
+class DelegatingDataModule(*bases("LightningDataModule")):  # type: ignore[misc]
     """Wraps ``datamodule``: every hook, loader, attribute and the state are the wrapped module's.
 
     Subclasses override what they change and call ``super()`` for the rest. ``state_dict`` nests
-    the wrapped module's state under ``"wrapped"``.
+    the wrapped module's state under ``"wrapped"``. The wrapper is a ``LightningDataModule`` of
+    ``pytorch_lightning`` and, when installed, of ``lightning.pytorch``; the wrapped module and
+    the Trainer must come from the same namespace.
     """
 
-    def __init__(self, datamodule: pl.LightningDataModule) -> None:
-        if not isinstance(datamodule, pl.LightningDataModule):
+    def __init__(self, datamodule: AnyLightningDataModule) -> None:
+        if not isinstance(datamodule, classes("LightningDataModule")):
             raise TypeError(
                 f"datamodule={type(datamodule).__name__} is not a LightningDataModule: wrap a "
                 "LightningDataModule (LightningDataModule.from_datasets(...) builds one)"
@@ -69,9 +80,12 @@ class DelegatingDataModule(pl.LightningDataModule):
     @trainer.setter
     def trainer(self, trainer: pl.Trainer | None) -> None:
         # The wrapped module's hooks may read `self.trainer` (world size, current epoch, ...).
+        wrapped = self.__dict__.get("_wrapped")
+        if trainer is not None and wrapped is not None:
+            _check_same_namespace(trainer, wrapped)
         self.__dict__["_trainer"] = trainer
-        if "_wrapped" in self.__dict__:
-            self._wrapped.trainer = trainer
+        if wrapped is not None:
+            wrapped.trainer = trainer
 
     @property
     @override
@@ -110,3 +124,16 @@ class DelegatingDataModule(pl.LightningDataModule):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._wrapped.load_state_dict(state_dict.get("wrapped", {}))
+
+
+def _check_same_namespace(trainer: Any, datamodule: Any) -> None:
+    # Lightning finds the hooks a datamodule overrides by comparing them with its own namespace's
+    # LightningDataModule: a pytorch_lightning module under a lightning.pytorch Trainer (or the
+    # other way round) would seem to override every hook, and the Trainer refuses it unwrapped.
+    ours, theirs = namespace_of(trainer), namespace_of(datamodule)
+    if ours is not None and theirs is not None and ours != theirs:
+        raise TypeError(
+            f"datamodule={type(datamodule).__name__} is a {theirs} LightningDataModule but the "
+            f"Trainer is {ours}'s: import the Trainer and the LightningDataModule from the same "
+            f"namespace (both from {ours} or both from {theirs})"
+        )

@@ -1,18 +1,22 @@
-"""Scoring events in Lightning's loggers; read back through a real TensorBoard server."""
+"""Scoring events in Lightning's loggers, read back: TensorBoard through a real server; CSV files,
+an MLflow file store and a wandb offline run through their files and clients."""
 
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
@@ -60,6 +64,150 @@ def test_every_logger_gets_the_scalars(tmp_path):
     assert float(row["influence/fit_seconds"]) == 0.5
     assert float(row["influence/self_influence_max"]) == 1.0
     assert int(row["step"]) == 7
+
+
+# -- images and tables for every logger -------------------------------------------------------
+NAMESPACES = pytest.mark.parametrize("namespace", ["pytorch_lightning", "lightning.pytorch"])
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def loggers_of(namespace: str):
+    if namespace == "lightning.pytorch":
+        pytest.importorskip("lightning", reason="the unified `lightning` package is not installed")
+    return importlib.import_module(f"{namespace}.loggers")
+
+
+def image_data(n: int = 10) -> list:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.rand(1, 8, 8, generator=g), i % 2) for i in range(n)]
+
+
+def decode_png(data: bytes) -> tuple[int, int, int]:
+    """(height, width, channels) of an 8-bit PNG, after inflating its pixels and checking their size."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    pos, pixels, header = 8, b"", None
+    while pos < len(data):
+        length, tag = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        assert (
+            zlib.crc32(tag + body)
+            == struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0]
+        )
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            pixels += body
+        pos += 12 + length
+    width, height, depth, color = header[:4]
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
+    assert depth == 8 and len(zlib.decompress(pixels)) == height * (1 + width * channels)
+    return height, width, channels
+
+
+@NAMESPACES
+def test_tensorboard_of_either_namespace_gets_histograms_and_images(namespace, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = loggers_of(namespace).TensorBoardLogger(tmp_path, name="tb", version=0)
+    log_event([logger], make_event(), image_data(), top_n=4)
+    accumulator = EventAccumulator(logger.log_dir)
+    accumulator.Reload()
+    tags = accumulator.Tags()
+    assert {"influence/spectrum", "influence/self_influence"} <= set(tags["histograms"])
+    assert "influence/top_examples" in tags["images"]
+
+
+@NAMESPACES
+def test_csv_logger_gets_png_images_and_a_csv_table(namespace, tmp_path):
+    logger = loggers_of(namespace).CSVLogger(tmp_path, name="csv", version=0)
+    log_event([logger], make_event(), image_data(), top_n=4)
+    folder = Path(logger.log_dir) / "media" / "influence" / "epoch=1-step=7"
+    height, width, channels = decode_png((folder / "top_examples.png").read_bytes())
+    assert channels == 3 and height > 8 and width > 8
+    assert (folder / "spectrum_plot.png").is_file() == HAS_MATPLOTLIB
+    if HAS_MATPLOTLIB:
+        decode_png((folder / "spectrum_plot.png").read_bytes())
+    with open(folder / "top_examples.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["index"]) for r in rows] == [9, 8, 7, 6]  # top_n=4, highest first
+    assert float(rows[0]["self_influence"]) == 1.0 and rows[0]["label"] == "1"
+    assert not list(folder.glob(".*")), "temporary files left behind"
+
+
+def test_csv_logger_without_image_inputs_gets_the_table_alone(tmp_path):
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    data = [(torch.full((2,), float(i)), i % 3) for i in range(10)]
+    log_event([logger], make_event(), data, top_n=3)
+    folder = Path(logger.log_dir) / "media" / "influence" / "epoch=1-step=7"
+    assert not (folder / "top_examples.png").exists()
+    with open(folder / "top_examples.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+
+
+@NAMESPACES
+def test_mlflow_file_store_holds_the_images_the_table_and_the_scalars(
+    namespace, tmp_path, monkeypatch
+):
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("PIL", reason="mlflow's log_image needs Pillow")
+    # mlflow >= 3.7 refuses the file store unless asked (mlflow-skinny has no database backend)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"file:{tmp_path / 'mlruns'}"
+    logger = loggers_of(namespace).MLFlowLogger(experiment_name="influence", tracking_uri=uri)
+    log_event([logger], make_event(), image_data(), top_n=4)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = logger.run_id
+
+    history = client.get_metric_history(run_id, "influence/eigenvalue_0")
+    assert [(m.step, m.value) for m in history] == [(7, 4.0)]
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    expected = {"top_examples"} | ({"spectrum_plot"} if HAS_MATPLOTLIB else set())
+    for name in expected:
+        pngs = [p for p in images if name in p and "step+7" in p and p.endswith(".png")]
+        assert len(pngs) == 1, images
+        local = client.download_artifacts(run_id, pngs[0], str(tmp_path / "got"))
+        assert decode_png(Path(local).read_bytes())[2] == 3
+    tables = [a.path for a in client.list_artifacts(run_id, "influence/top_examples")]
+    assert tables == ["influence/top_examples/epoch=1-step=7.json"]
+    local = client.download_artifacts(run_id, tables[0], str(tmp_path / "got"))
+    table = json.loads(Path(local).read_text())
+    assert table["columns"] == ["rank", "index", "self_influence", "label", "input"]
+    assert [row[1] for row in table["data"]] == [9, 8, 7, 6]
+
+
+@NAMESPACES
+@pytest.mark.timeout(120)
+def test_wandb_offline_run_holds_the_media_and_the_table(namespace, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    pytest.importorskip("PIL", reason="wandb.Image needs Pillow")
+    for name, value in {
+        "WANDB_MODE": "offline",  # no network: the run lives in WANDB_DIR only
+        "WANDB_DIR": str(tmp_path),
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        "WANDB_DISABLE_GIT": "true",
+        "WANDB_DISABLE_CODE": "true",
+        "WANDB_ANONYMOUS": "never",
+    }.items():
+        monkeypatch.setenv(name, value)
+    logger = loggers_of(namespace).WandbLogger(project="influence", save_dir=tmp_path, offline=True)
+    try:
+        log_event([logger], make_event(), image_data(), top_n=4)
+        run = logger.experiment
+        assert run.summary["influence/eigenvalue_0"] == 4.0
+        files = Path(run.dir)
+    finally:
+        wandb.finish()
+    media = files / "media"
+    expected = {"top_examples"} | ({"spectrum_plot"} if HAS_MATPLOTLIB else set())
+    for name in expected:
+        pngs = list((media / "images" / "influence").glob(f"{name}_*.png"))
+        assert len(pngs) == 1, list(media.rglob("*"))
+        assert decode_png(pngs[0].read_bytes())[2] == 3
+    (table_file,) = (media / "table" / "influence").glob("top_examples_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["rank", "index", "self_influence", "label", "input"]
+    assert [row[1] for row in table["data"]] == [9, 8, 7, 6]
 
 
 # -- through TensorBoard -----------------------------------------------------------------------
