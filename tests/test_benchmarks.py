@@ -48,11 +48,23 @@ def test_digits_quick(tmp_path):
 def test_scaling_quick(tmp_path):
     _load("scaling").main(["--quick", "--out", str(tmp_path)])
     payload = _read(tmp_path, "scaling_quick")
-    assert [row["N"] for row in payload["time_vs_n"]] == [500, 1000, 2000]
+    by_n = [(row["N"], row["scores"]) for row in payload["time_vs_n"]]
+    assert by_n == [(n, mode) for n in (500, 2000) for mode in ("streamed", "in memory")]
+    for row in payload["time_vs_n"]:
+        assert row["score_s"] > 0 and row["peak_added_MiB"] >= 0
     assert len(payload["time_vs_params"]) == 2
+    (large,) = payload["time_vs_params_large"]
+    assert large["source"] == "measured" and large["n_iters"] == 20
+    phases = {p["phase"] for p in large["phases"]}
+    assert {"arnoldi iterations", "distill", "scoring"} <= phases
+    assert large["peak_rss_MiB"] == max(p["peak_MiB"] for p in large["phases"])
+    assert large["bound_MiB"] > large["rss_before_analysis_MiB"] > 0
     bf16 = [row for row in payload["memory"] if row["basis_dtype"] == "bfloat16"]
     fp32 = [row for row in payload["memory"] if row["basis_dtype"] == "float32"]
     assert bf16 and fp32 and bf16[0]["basis_MiB"] == pytest.approx(fp32[0]["basis_MiB"] / 2)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "scaling_quick_vs_n.png").stat().st_size > 0
+        assert (tmp_path / "scaling_quick_vs_params.png").stat().st_size > 0
 
 
 @pytest.mark.slow

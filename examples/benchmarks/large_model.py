@@ -1,29 +1,48 @@
 """A model of 10M+ parameters on this CPU: InfluenceCallback with n_iters >= 100, the Krylov basis
 in a file (numpy memmap, float16) and the scores streamed in shards (issue 12, item 3).
 
-An MLP (784 -> 2048 -> 4096 -> 10: 10,041,354 parameters) trains one epoch on synthetic data
+An MLP (784 -> H -> 2H -> 10; H = 2048: 10,041,354 parameters) trains one epoch on synthetic data
 (Gaussian inputs, labels from a fixed random linear rule, 10% flipped), then the callback fits
 n=100 Arnoldi iterations on a 64-example HVP sample and scores every training example. Printed:
-the fit and scoring times, examples per hour, the basis file's size, and the process's peak RSS
-beside the bound
+the fit and scoring times, examples per hour, the basis file's size, the process's resident
+memory in each phase (``/proc/self/status``: the peak of each phase, and how much of the
+resident memory at its end is anonymous and how much is file pages) and the peak beside the bound
 
-    peak RSS  <~  base + resident basis pages (at most (n + 1) * P * basis bytes; file-backed,
-                  the operating system may drop them) + k * P * 4 B (eigenvectors)
-                  + 2 conversion chunks of ~32 MiB + a per-example-gradient chunk (256 MiB)
-                  + a few P * 4 B vectors (HVP tangents, Gram-Schmidt work)
+    peak RSS  <=  base + 96 MiB + max(fit, scoring), with
 
-Run: ``PYTHONPATH=. python examples/benchmarks/large_model.py [--quick] [--out DIR]``.
+    fit      = B + 2 k P4 + 4 C + 6 P4
+    scoring  = k P4 + (2 or 3) G + 6 P4
+
+    P4 = 4 P bytes (one float32 vector of the parameters), k = top_k;
+    B  = the resident pages of the basis file, at most (n + 1) P x 2 bytes in float16: they count
+         in RSS while the fit runs (the operating system may write them back and drop them);
+    C  = the float32 conversion chunk of the low-precision basis, ~32 MiB, at least one row;
+    G  = the chunk of per-example gradients, min(batch, 256 MiB / P4) rows: 2 G when one chunk
+         holds the batch (the chunk, and the per-parameter pieces it is concatenated from), 3 G
+         when a batch needs several (the previous chunk is still alive while the next is built);
+
+where base is the resident memory when the analysis starts (after training: the model, the
+data, the libraries). What the terms are, measured phase by phase (2026-12-02, P = 1.0M and
+10.0M): the Arnoldi iterations add B and ~10 P4 of work vectors; ``distill`` then adds 2 k P4
+(the eigenvectors, and the [k, P] product of each chunk of the basis before it is added to them)
+plus, at P = 1M, ~50 MiB more (1.6 C; not traced further); the fit leaves k P4 (the
+eigenvectors), the basis pages are released before scoring, and scoring adds the gradient chunks.
+At P >= 3M the fit is the peak (distill; 4,096 MiB at 10M), at P <= 1M the scoring.
+
+Run: ``PYTHONPATH=. python examples/benchmarks/large_model.py [--quick] [--hidden H] [--out DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
-import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -35,8 +54,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import DEFAULT_OUT, machine_info, markdown_table, set_threads, write_results
 
-from lightning_influence import InfluenceCallback
+import lightning_influence.engines.arnoldi as engine_module
+from lightning_influence import ArnoldiInfluence, InfluenceCallback
 from lightning_influence.losses import cross_entropy_loss
+
+__all__ = ["MLP", "PhaseMemory", "bound_mib", "main", "run"]
+
+MiB = 2**20
+GRADIENT_CHUNK = 256 * MiB  # the engine's per-example-gradient chunk
+CONVERT_CHUNK = 32 * MiB  # a low-precision basis is converted to float32 this much at a time
+BATCH_SIZE = 64  # the scoring loader's
+SLACK = 96 * MiB  # libraries' workspace and allocator slack, whatever P is (up to ~90 MiB seen)
 
 
 class MLP(pl.LightningModule):
@@ -58,25 +86,137 @@ class MLP(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+def _status() -> dict[str, int]:
+    """``/proc/self/status`` memory fields, bytes."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 0.3M-parameter model, n=20")
-    parser.add_argument("--out", default=DEFAULT_OUT)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    widths = (784, 256, 256, 10) if args.quick else (784, 2048, 4096, 10)
-    n_iters, top_k, num_train = (20, 5, 256) if args.quick else (100, 20, 2000)
+class PhaseMemory:
+    """Peak resident memory per phase: ``mark(name)`` closes the phase that began at the previous
+    mark (its peak is VmHWM since then) and resets VmHWM (Linux ``clear_refs`` 5)."""
 
-    g = torch.Generator().manual_seed(0)
+    def __init__(self) -> None:
+        self.phases: list[dict[str, Any]] = []
+        self._wrapped: list[tuple[Any, str, Any]] = []
+        self._name = "start"
+        self._start = _status()["VmRSS"]
+        self._reset()
+
+    @staticmethod
+    def _reset() -> None:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+
+    def mark(self, name: str) -> None:
+        now = _status()
+        self.phases.append(
+            {
+                "phase": self._name,
+                "rss_at_start_MiB": round(self._start / MiB),
+                "peak_MiB": round(now["VmHWM"] / MiB),
+                "rss_at_end_MiB": round(now["VmRSS"] / MiB),
+                "anon_at_end_MiB": round(now["RssAnon"] / MiB),
+                "file_at_end_MiB": round(now["RssFile"] / MiB),
+            }
+        )
+        self._name, self._start = name, now["VmRSS"]
+        self._reset()
+
+    @property
+    def peak_mib(self) -> int:
+        return max(p["peak_MiB"] for p in self.phases)
+
+    def wrap(self, owner: Any, attr: str, before: str | None, after: str) -> None:
+        """Mark ``before`` (unless None) when ``owner.attr`` is called and ``after`` when it
+        returns."""
+        fn: Callable[..., Any] = getattr(owner, attr)
+
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            if before is not None:
+                self.mark(before)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.mark(after)
+
+        self._wrapped.append((owner, attr, fn))
+        setattr(owner, attr, marked)
+
+    def unwrap(self) -> None:
+        """Put back what ``wrap`` replaced."""
+        while self._wrapped:
+            owner, attr, fn = self._wrapped.pop()
+            setattr(owner, attr, fn)
+
+
+def bound_mib(
+    base_mib: float,
+    num_params: int,
+    n_iters: int,
+    top_k: int,
+    basis_bytes: int,
+    batch_size: int = BATCH_SIZE,
+) -> dict[str, float]:
+    """The documented bound (see the module docstring) of the fit, of the scoring and of the
+    whole analysis, MiB, for a low-precision (float16) basis of ``basis_bytes``."""
+    p4 = num_params * 4
+    kp = top_k * p4
+    # a low-precision basis is converted to float32 in chunks of ~32 MiB (at least one row)
+    convert = max(1, min(n_iters + 1, CONVERT_CHUNK // p4)) * p4
+    # per-example gradients come in chunks of at most 256 MiB (at least one example), at most a
+    # batch; when a batch needs several chunks, two are alive at once beside the pieces of one
+    rows = min(batch_size, max(1, GRADIENT_CHUNK // p4))
+    gradients = (2 if rows == batch_size else 3) * rows * p4
+    fit = basis_bytes + 2 * kp + 4 * convert + 6 * p4
+    scoring = kp + gradients + 6 * p4
+    return {
+        "fit_MiB": round(base_mib + (SLACK + fit) / MiB),
+        "scoring_MiB": round(base_mib + (SLACK + scoring) / MiB),
+        "bound_MiB": round(base_mib + (SLACK + max(fit, scoring)) / MiB),
+    }
+
+
+def run(
+    hidden: int = 2048,
+    n_iters: int = 100,
+    top_k: int = 20,
+    num_train: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train the MLP 784 -> hidden -> 2 hidden -> 10 one epoch and analyse it with the callback
+    (float16 basis in a file, scores streamed); the figures and the memory of each phase.
+
+    Call it in a fresh process: it measures the process's resident memory and wraps (for the
+    measurement only) the engine's ``arnoldi``, ``distill``, ``fit`` and ``self_influence_shards``.
+    """
+    memory = PhaseMemory()
+    try:
+        return _run(memory, hidden, n_iters, top_k, num_train, seed)
+    finally:
+        memory.unwrap()
+
+
+def _run(
+    memory: PhaseMemory, hidden: int, n_iters: int, top_k: int, num_train: int, seed: int
+) -> dict[str, Any]:
+    memory.wrap(engine_module, "arnoldi", "arnoldi iterations", "distill")
+    memory.wrap(engine_module, "distill", None, "projection route")
+    memory.wrap(ArnoldiInfluence, "fit", "HVP sample", "save eigenpairs")
+    memory.wrap(ArnoldiInfluence, "self_influence_shards", "scoring", "gather and write event")
+
+    widths = (784, hidden, 2 * hidden, 10)
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(num_train, 784, generator=g)
     y = (x @ torch.randn(784, 10, generator=g)).argmax(1)
     flip = torch.rand(num_train, generator=g) < 0.1
     y = torch.where(flip, (y + 1) % 10, y)
+    torch.manual_seed(seed)
     model = MLP(widths)
     num_params = sum(p.numel() for p in model.parameters())
 
@@ -88,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             n_iters=n_iters,
             top_k=top_k,
             hvp_samples=64,
-            batch_size=64,
+            batch_size=BATCH_SIZE,
             projection="grad",
             basis_device="cpu",
             basis_dtype="float16",
@@ -108,43 +248,115 @@ def main(argv: list[str] | None = None) -> dict:
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        rss_before = peak_rss_mib()
+        memory.mark("training")
         start = time.perf_counter()
         trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True))
         wall = time.perf_counter() - start
+        memory.mark("end")
         basis_bytes = os.path.getsize(basis_file)
         event = callback.latest_event
         timings = event.manifest["timings"]
+        iterations = event.manifest["fit_stats"]["iterations"]
         residuals = (event.residuals / event.eigenvalues.abs()).max().item()
-    scored_per_hour = num_train / timings["scoring_seconds"] * 3600
+    phases = {p["phase"]: p for p in memory.phases}
+    base = phases["HVP sample"]["rss_at_start_MiB"]  # when the analysis starts
+    bounds = bound_mib(base, num_params, n_iters, top_k, basis_bytes)
+    fit_s, hvp_s = timings["fit_seconds"], timings["hvp_seconds"]
     row = {
         "parameters": num_params,
         "n_iters": n_iters,
         "top_k": top_k,
         "examples": num_train,
-        "fit_s": round(timings["fit_seconds"], 1),
-        "hvp_s": round(timings["hvp_seconds"], 1),
-        "scoring_s": round(timings["scoring_seconds"], 1),
-        "examples_per_hour": round(scored_per_hour),
-        "basis_file_MiB": round(basis_bytes / 2**20),
-        "basis_in_RAM_fp32_MiB": round((n_iters + 1) * num_params * 4 / 2**20),
-        "peak_rss_MiB": round(peak_rss_mib()),
-        "peak_rss_before_fit_MiB": round(rss_before),
-        "bound_MiB": round(
-            rss_before + basis_bytes / 2**20 + (top_k + 4) * num_params * 4 / 2**20 + 2 * 32 + 256
+        "fit_s": round(fit_s, 2),
+        "hvp_s": round(hvp_s, 2),
+        "fit_s_per_iteration": round(fit_s / iterations, 4),
+        "hvp_s_per_hvp": round(hvp_s / iterations, 4),
+        "outside_hvps_pct": round(100 * (1 - hvp_s / fit_s), 1),
+        "scoring_s": round(timings["scoring_seconds"], 2),
+        "scoring_ms_per_example": round(1000 * timings["scoring_seconds"] / num_train, 3),
+        "examples_per_hour": round(num_train / timings["scoring_seconds"] * 3600),
+        "basis_file_MiB": round(basis_bytes / MiB),
+        "basis_in_RAM_fp32_MiB": round((n_iters + 1) * num_params * 4 / MiB),
+        "peak_rss_MiB": memory.peak_mib,
+        "rss_before_analysis_MiB": base,
+        "peak_fit_MiB": max(
+            phases[p]["peak_MiB"]
+            for p in ("HVP sample", "arnoldi iterations", "distill", "projection route")
         ),
+        "peak_scoring_MiB": phases["scoring"]["peak_MiB"],
+        **bounds,
         "max_relative_residual": f"{residuals:.2e}",
         "run_wall_s": round(wall, 1),
     }
-    name = "large_model_quick" if args.quick else "large_model"
-    table = markdown_table([row], list(row))
-    text = (
-        f"# InfluenceCallback on a {num_params:,}-parameter MLP\n\n{table}\n\n"
-        "basis on disk as float16 (numpy memmap); scores streamed in shards of 4 batches; "
-        "bound = peak RSS before the fit + the basis file (if all resident) + (top_k + 4) x P x "
-        "4 B + two 32 MiB conversion chunks + a 256 MiB gradient chunk.\n"
+    return {"row": row, "phases": memory.phases}
+
+
+ROW_COLUMNS = [
+    "parameters",
+    "n_iters",
+    "top_k",
+    "examples",
+    "fit_s",
+    "hvp_s",
+    "scoring_s",
+    "examples_per_hour",
+    "basis_file_MiB",
+    "peak_rss_MiB",
+    "rss_before_analysis_MiB",
+    "peak_fit_MiB",
+    "fit_MiB",
+    "peak_scoring_MiB",
+    "scoring_MiB",
+    "bound_MiB",
+    "max_relative_residual",
+    "run_wall_s",
+]
+PHASE_COLUMNS = [
+    "phase",
+    "rss_at_start_MiB",
+    "peak_MiB",
+    "rss_at_end_MiB",
+    "anon_at_end_MiB",
+    "file_at_end_MiB",
+]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 0.3M-parameter model, n=20")
+    parser.add_argument("--hidden", type=int, default=None, help="H (default 2048; quick 128)")
+    parser.add_argument("--n-iters", type=int, default=None, help="default 100 (quick 20)")
+    parser.add_argument("--top-k", type=int, default=None, help="default 20 (quick 5)")
+    parser.add_argument("--num-train", type=int, default=None, help="default 2000 (quick 256)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    quick = args.quick
+    result = run(
+        hidden=args.hidden or (128 if quick else 2048),
+        n_iters=args.n_iters or (20 if quick else 100),
+        top_k=args.top_k or (5 if quick else 20),
+        num_train=args.num_train or (256 if quick else 2000),
     )
-    write_results(args.out, name, text, {"rows": [row], "machine": machine_info()})
+    if args.json:
+        print(json.dumps(result))
+        return result
+    row = result["row"]
+    name = "large_model_quick" if quick else "large_model"
+    text = (
+        f"# InfluenceCallback on a {row['parameters']:,}-parameter MLP\n\n"
+        f"{markdown_table([row], ROW_COLUMNS)}\n\n"
+        "Basis on disk as float16 (numpy memmap); scores streamed in shards of 4 batches. "
+        "`fit_MiB`, `scoring_MiB` and `bound_MiB` are the bounds of the script's docstring "
+        "(base = `rss_before_analysis_MiB`).\n\n"
+        "## Resident memory in each phase (MiB)\n\n"
+        "`peak`: VmHWM during the phase; at its end, `anon` (heap, tensors) and `file` (pages of "
+        "the basis file mapped into the process) of the resident set.\n\n"
+        f"{markdown_table(result['phases'], PHASE_COLUMNS)}\n"
+    )
+    write_results(args.out, name, text, {**result, "machine": machine_info()})
     return row
 
 
