@@ -58,6 +58,7 @@ def project_grad(
         part = _batch.slice_batch(batch, start, min(start + chunk_size, size))
         g = per_example_gradients(f, params, part, space)
         out.append(g @ directions.to(g.device, g.dtype).T)
+        del g  # else the previous chunk stays alive while the next one is built
     return torch.cat(out)
 
 
