@@ -42,6 +42,7 @@ SCHEDULE_FIELDS = (
     "num_workers",
     "shard_batches",
     "basis_file",  # where the basis is stored, not what it holds
+    "hvp_cache",  # how the products are computed, not what they are
 )
 
 

@@ -643,3 +643,19 @@ def test_sharded_strategies_are_refused_with_the_way_out():
     assert "FSDPStrategy shards the parameters" in message and "strategy='ddp'" in message
     assert "analyze_checkpoint" in message
     assert unsupported_strategy(DDPStrategy()) is None
+
+
+def test_hvp_cache_gives_the_same_event_in_the_same_folder(tmp_path):
+    plain = InfluenceCallback(cross_entropy_loss, **FAST)
+    cached = InfluenceCallback(cross_entropy_loss, hvp_cache=True, **FAST)
+    fit(tmp_path / "plain", plain, max_epochs=1)
+    fit(tmp_path / "cached", cached, max_epochs=1)
+    # how the products are computed is not part of the analysis' identity, only of its manifest
+    assert cached.name == plain.name
+    manifest = json.loads((Path(cached.latest_event.directory) / "manifest.json").read_text())
+    assert manifest["arguments"]["hvp_cache"] is True
+    a, b = plain.latest_event, cached.latest_event
+    torch.testing.assert_close(b.eigenvalues, a.eigenvalues, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b.self_influence, a.self_influence, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="pass hvp_cache=False, or curvature='hessian'"):
+        InfluenceCallback(cross_entropy_loss, hvp_cache=True, curvature="ggn")
