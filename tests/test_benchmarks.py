@@ -147,3 +147,32 @@ def test_pruning_quick(tmp_path):
             assert event["max_rel_residual"] >= 0
     # the trainers' folders went to a temporary folder inside --out, removed at the end
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruning_quick.json", "pruning_quick.md"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_speed_quick(tmp_path):
+    _load("speed").main(["--quick", "--out", str(tmp_path)])
+    payload = _read(tmp_path, "speed_quick")
+    methods = {(r["model"], r["method"], r["b"]) for r in payload["products"]}
+    assert ("CNN", "cached pullback", 1) in methods and ("MLP", "matmat, cached", 4) in methods
+    fits = {(r["model"], r["hvp_cache"]): r for r in payload["fits"]}
+    assert set(fits) == {("CNN", False), ("CNN", True), ("MLP", False), ("MLP", True)}
+    assert fits["CNN", True]["eig max rel diff"] < 1e-4
+    assert fits["CNN", True]["AP"] == pytest.approx(
+        fits["CNN", False]["AP"], abs=1e-3
+    )  # the same eigenpairs up to rounding: near-ties may swap
+    assert {r["sample"] for r in payload["sample_sizes"]} == {"fixed", "resampled"}
+    assert [r["b"] for r in payload["block_arnoldi"]] == [1, 4]
+    assert payload["loadavg"]["start"]
+
+
+def test_peers_without_captum_says_how_to_install(tmp_path, capsys):
+    if importlib.util.find_spec("captum") is not None:
+        pytest.skip("captum is installed here")
+    with pytest.raises(SystemExit) as exit_info:
+        _load("peers").main(["--quick", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "captum==0.9.0" in err and "pip install" in err and "requirements-peers.txt" in err
+    assert not list(tmp_path.iterdir())  # nothing trained or written
