@@ -283,10 +283,11 @@ def distill(
             # in place: `vectors += coeffs @ chunk` would allocate a second [k, P] for the product
             vectors.addmm_(coeffs[:, start : start + step], basis[start : start + step].to(work))
     vectors.div_(vectors.norm(dim=1, keepdim=True))
-    pivot = vectors.abs().argmax(dim=1)
-    pivot_values = vectors.gather(1, pivot[:, None])
+    # The sign that makes each vector's largest-magnitude entry positive, from the row maxima and
+    # minima: `vectors.abs().argmax(1)` would allocate another [k, P] (the fit's peak at 10M).
     # torch.where, not masked assignment: no data-dependent shape (a CPU fallback on XLA).
-    signs = torch.where(pivot_values < 0, -1.0, 1.0).to(vectors.dtype)
+    largest, smallest = vectors.amax(dim=1, keepdim=True), vectors.amin(dim=1, keepdim=True)
+    signs = torch.where(largest >= -smallest, 1.0, -1.0).to(vectors.dtype)
     vectors.mul_(signs)
     if out_dtype is not None:
         vectors = vectors.to(out_dtype)
