@@ -44,6 +44,7 @@ from lightning_influence.io.plan_files import write_plan
 from lightning_influence.lightning.callback import InfluenceCallback
 from lightning_influence.lightning.delegation import DelegatingDataModule
 from lightning_influence.lightning.loaders import with_sampler
+from lightning_influence.lightning.loggers import tensorboard_layout
 from lightning_influence.lightning.namespaces import AnyLightningDataModule
 from lightning_influence.lightning.namespaces import classes as lightning_classes
 from lightning_influence.lightning.sampler import InfluenceSampler
@@ -401,9 +402,11 @@ class InfluenceDataModule(DelegatingDataModule):
             return
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-            if plan.weights is not None and isinstance(
-                logger, lightning_classes("loggers.TensorBoardLogger")
-            ):
+            if not isinstance(logger, lightning_classes("loggers.TensorBoardLogger")):
+                continue
+            # the CUSTOM SCALARS page, also for a run pruned from earlier scores (no callback)
+            logger.experiment.add_custom_scalars(tensorboard_layout())
+            if plan.weights is not None:
                 logger.experiment.add_histogram(
                     "influence_data/weights", plan.weights, trainer.global_step
                 )

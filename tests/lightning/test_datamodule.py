@@ -513,3 +513,25 @@ def test_a_newer_event_of_the_same_step_makes_a_new_plan():
     assert dm.update_plan(2) is plan  # unchanged events: the same plan
     with pytest.warns(DeprecationWarning, match="update_plan"):
         assert dm.refresh(2) is plan
+
+
+def test_a_run_pruned_from_earlier_scores_gets_the_custom_scalars_page(tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from lightning_influence.lightning.loggers import tensorboard_layout
+
+    root = tmp_path / "earlier" / "influence"
+    write_event(ScoringEvent(4, 50, toy_scores(3), torch.ones(3)), root)
+    dm = InfluenceDataModule(ToyData(), fraction=0.2, scores=tmp_path / "earlier")
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    make_trainer(tmp_path, max_epochs=1, logger=logger).fit(Recorder(), datamodule=dm)
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})
+    events.Reload()
+    # no InfluenceCallback in this run: the DataModule itself writes the layout
+    (config,) = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    assert [c.title for c in layout.category] == list(tensorboard_layout())
+    assert [e.value for e in events.Scalars("influence_data/dropped")] == [8.0]
