@@ -8,11 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "atomic_write_bytes"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> Path:
-    """Write a text file through ``write(handle)`` to a temporary name, fsync, rename into place.
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO[str]], None] | Callable[[IO[bytes]], None],
+    *,
+    binary: bool = False,
+) -> Path:
+    """Write a file through ``write(handle)`` to a temporary name, fsync, rename into place.
+
+    ``binary=True`` opens the handle in bytes mode (a PNG, say); else it is text.
 
     A crash (or an error inside ``write``) never leaves a half-written ``path``: the old file
     stays as it was and the temporary file is removed. Returns the path.
@@ -27,7 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -37,3 +44,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[str]], None]) -> P
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """``atomic_write`` of ``data`` as the whole content of ``path`` (bytes)."""
+    return atomic_write(path, lambda handle: handle.write(data), binary=True)

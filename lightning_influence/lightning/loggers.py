@@ -27,8 +27,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +37,7 @@ import torch
 from lightning_utilities.core.imports import RequirementCache
 from torch import Tensor
 
+from lightning_influence.io.atomic import atomic_write_bytes
 from lightning_influence.io.events import ScoringEvent
 from lightning_influence.lightning.namespaces import classes
 from lightning_influence.viz import (
@@ -154,17 +153,6 @@ def _event_folder(event: ScoringEvent) -> str:
     return f"epoch={int(event.epoch)}-step={int(event.global_step)}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _log_csv(
     logger: Any,
     media: dict[str, np.ndarray],
@@ -177,13 +165,13 @@ def _log_csv(
     folder = Path(logger.log_dir) / "media" / prefix / _event_folder(event)
     folder.mkdir(parents=True, exist_ok=True)
     for name, pixels in media.items():
-        _write_atomic(folder / f"{name}.png", png_bytes(pixels))
+        atomic_write_bytes(folder / f"{name}.png", png_bytes(pixels))
     if top:
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(TABLE_COLUMNS)
         writer.writerows(table_rows(top))
-        _write_atomic(folder / "top_examples.csv", text.getvalue().encode())
+        atomic_write_bytes(folder / "top_examples.csv", text.getvalue().encode())
 
 
 def _log_mlflow(
