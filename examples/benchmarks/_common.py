@@ -33,6 +33,8 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "per_example_gradient_pass",
+    "proc_memory",
+    "reset_peak_rss",
     "set_threads",
     "tune_allocator",
     "write_results",
@@ -181,6 +183,23 @@ def per_example_gradient_pass(
                 g = per_example_gradients(f, params, (x[s : s + chunk], y[s : s + chunk]), space)
                 g.square().sum(1)
     return clock() - start
+
+
+def proc_memory() -> dict[str, int]:
+    """The memory fields of ``/proc/self/status`` (VmRSS, VmHWM, RssAnon, RssFile, ...), bytes."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key.startswith(("Vm", "Rss")):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM (the peak resident set) to the current RSS (Linux: ``clear_refs`` 5)."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 def machine_info() -> dict[str, Any]:

@@ -52,7 +52,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import DEFAULT_OUT, machine_info, markdown_table, set_threads, write_results
+from _common import (
+    DEFAULT_OUT,
+    machine_info,
+    markdown_table,
+    proc_memory,
+    reset_peak_rss,
+    set_threads,
+    write_results,
+)
 
 import lightning_influence.engines.arnoldi as engine_module
 from lightning_influence import ArnoldiInfluence, InfluenceCallback
@@ -86,17 +94,6 @@ class MLP(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def _status() -> dict[str, int]:
-    """``/proc/self/status`` memory fields, bytes."""
-    out = {}
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
 class PhaseMemory:
     """Peak resident memory per phase: ``mark(name)`` closes the phase that began at the previous
     mark (its peak is VmHWM since then) and resets VmHWM (Linux ``clear_refs`` 5)."""
@@ -105,16 +102,11 @@ class PhaseMemory:
         self.phases: list[dict[str, Any]] = []
         self._wrapped: list[tuple[Any, str, Any]] = []
         self._name = "start"
-        self._start = _status()["VmRSS"]
-        self._reset()
-
-    @staticmethod
-    def _reset() -> None:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+        self._start = proc_memory()["VmRSS"]
+        reset_peak_rss()
 
     def mark(self, name: str) -> None:
-        now = _status()
+        now = proc_memory()
         self.phases.append(
             {
                 "phase": self._name,
@@ -126,7 +118,7 @@ class PhaseMemory:
             }
         )
         self._name, self._start = name, now["VmRSS"]
-        self._reset()
+        reset_peak_rss()
 
     @property
     def peak_mib(self) -> int:

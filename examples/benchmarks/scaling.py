@@ -58,6 +58,8 @@ from _common import (
     cross_entropy_loss,
     machine_info,
     markdown_table,
+    proc_memory,
+    reset_peak_rss,
     set_threads,
     tune_allocator,
     write_results,
@@ -140,15 +142,15 @@ def n_child(spec: dict) -> dict:
     engine.self_influence(warm)  # the projection route and the libraries' first call, untimed
     loader = DataLoader(SyntheticDigits(spec["N"]), batch_size=batch, collate_fn=as_batch)
     out_dir = Path(spec["out"]) / f"scores-{spec['N']}"
-    _reset_peak_rss()
-    rss_before = _status_bytes("VmRSS")
+    reset_peak_rss()
+    rss_before = proc_memory()["VmRSS"]
     cpu, wall = clock(), time.perf_counter()
     if spec["mode"] == "streamed":
         engine.self_influence_shards(loader, out_dir, shard_batches=spec["shard_batches"])
     else:
         scores = engine.self_influence(loader)
     cpu, wall = clock() - cpu, time.perf_counter() - wall
-    peak = _status_bytes("VmHWM")
+    peak = proc_memory()["VmHWM"]
     if spec["mode"] == "streamed":  # after the measurement: reading them holds all N scores
         from lightning_influence.io.shards import read_scores
 
@@ -326,20 +328,6 @@ def time_vs_params_large(
     return rows
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> None:
-    """Reset VmHWM (the peak resident set) to the current RSS (Linux: ``clear_refs`` 5)."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
 def memory_child(spec: dict) -> dict:
     """Run one fit (in a fresh process) and measure the basis and the peak memory it adds."""
     set_threads(1)
@@ -358,8 +346,8 @@ def memory_child(spec: dict) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             cuda_before = torch.cuda.memory_allocated()
-        _reset_peak_rss()
-        rss_before = _status_bytes("VmRSS")
+        reset_peak_rss()
+        rss_before = proc_memory()["VmRSS"]
         result = arnoldi(
             hessian,
             start,
@@ -367,7 +355,7 @@ def memory_child(spec: dict) -> dict:
             basis_device=spec["basis_device"] or device,
             basis_dtype=getattr(torch, spec["basis_dtype"]) if spec["basis_dtype"] else None,
         )
-        peak_rss = _status_bytes("VmHWM")
+        peak_rss = proc_memory()["VmHWM"]
         out = {
             "P": engine.space.dim,
             "basis_MiB": result.basis.numel() * result.basis.element_size() / 2**20,
