@@ -36,12 +36,16 @@ class ArnoldiResult(NamedTuple):
         hessenberg: ``[m + 1, m]`` float64 on the CPU, with ``A Q_m^T = Q_{m+1}^T H``.
         iterations: m, the number of products done (fewer than asked after a breakdown).
         breakdown: whether the Krylov space became invariant before ``n_iters``.
+        reorthogonalized: how many iterations needed a second Gram-Schmidt pass over the basis
+            (``arnoldi``: see its docstring; every iteration of a static-shape run and of
+            ``block_arnoldi`` does two, counted here).
     """
 
     basis: Tensor
     hessenberg: Tensor
     iterations: int
     breakdown: bool
+    reorthogonalized: int = 0
 
 
 class Eigenpairs(NamedTuple):
@@ -109,6 +113,10 @@ def _file_backed(
     return torch.from_numpy(array)  # zero-filled by the operating system
 
 
+# A Gram-Schmidt pass that leaves less than this fraction of the vector's norm has cancelled
+# enough digits to need a second pass (Daniel, Gragg, Kaufman and Stewart, 1976).
+_TWICE_IS_ENOUGH = 1 / math.sqrt(2)
+
 # Rows of a low-precision basis converted to the work dtype at a time: about 32 MiB, so that
 # the conversion buffer stays small beside the basis it saves memory on.
 _CONVERT_BYTES = 32 * 2**20
@@ -128,8 +136,16 @@ def arnoldi(
 ) -> ArnoldiResult:
     """Build an orthonormal basis of the Krylov space ``span{q, Aq, ..., A^(n-1) q}``.
 
-    Each iteration applies ``A`` once, orthogonalizes against all previous vectors twice
-    (classical Gram-Schmidt with re-orthogonalization, "CGS2") and normalizes. The iteration
+    Each iteration applies ``A`` once, orthogonalizes the product against the basis and
+    normalizes it. Orthogonalization: the components along the last two basis vectors are removed
+    first (for a symmetric ``A``, as a Hessian is, that is the Lanczos recurrence: all that is
+    left in exact arithmetic), then one classical Gram-Schmidt pass over the whole basis removes
+    what rounding left along the older vectors, and a second pass runs only when the first
+    removed more than ``1 - 1/sqrt(2)`` of the vector's norm (the Daniel-Gragg-Kaufman-Stewart
+    criterion, "twice is enough"): orthogonality as with two full passes (CGS2) at half the reads
+    of the basis, which dominate the loop at large P. A non-symmetric ``A`` (or a resampled,
+    drifting one) simply triggers the second pass. With ``graph_cut`` (static shapes, XLA) every
+    iteration does two full passes, so that one graph serves all iterations. The iteration
     stops early when the new vector's norm falls below ``breakdown_tol`` times the norm of
     ``A q_k`` (the space is invariant; its eigenpairs are then exact).
 
@@ -191,22 +207,38 @@ def arnoldi(
     # the whole preallocated basis, whose unused rows are zero. Elsewhere it runs over the k + 1
     # filled rows only, half the work on average.
     static = graph_cut is not None
-    iterations, breakdown = n_iters, False
+    iterations, breakdown, second_passes = n_iters, False, 0
     for k in range(n_iters):
         w = matvec(q).to(bdevice, work)
         w_norm = w.norm()
-        active = basis if static else basis[: k + 1]
-        # CGS2: classical Gram-Schmidt, twice.
-        c1 = _rows_dot(active, w, buffer)
-        w = w - _rows_combine(active, c1, buffer)
-        c2 = _rows_dot(active, w, buffer)
-        w = w - _rows_combine(active, c2, buffer)
-        beta = w.norm()
         if static:
+            # CGS2 over the whole preallocated basis: the same graph at every iteration.
+            c1 = _rows_dot(basis, w, buffer)
+            w = w - _rows_combine(basis, c1, buffer)
+            c2 = _rows_dot(basis, w, buffer)
+            w = w - _rows_combine(basis, c2, buffer)
+            beta = w.norm()
+            second_passes += 1
             column = (c1 + c2).index_copy(0, torch.tensor([k + 1], device=bdevice), beta.reshape(1))
         else:
+            active = basis[: k + 1]
+            last = max(0, k - 1)
+            recent = active[last:].to(work)  # q_{k-1}, q_k: the Lanczos recurrence
+            c0 = recent @ w
+            w = w - recent.T @ c0
+            before = w.norm()
+            c1 = _rows_dot(active, w, buffer)
+            w = w - _rows_combine(active, c1, buffer)
+            c1[last:] += c0
+            beta = w.norm()
+            if float(beta) < _TWICE_IS_ENOUGH * float(before):
+                c2 = _rows_dot(active, w, buffer)
+                w = w - _rows_combine(active, c2, buffer)
+                c1 += c2
+                beta = w.norm()
+                second_passes += 1
             column = torch.zeros(n_iters + 1, device=bdevice, dtype=work)
-            column[: k + 1] = c1 + c2
+            column[: k + 1] = c1
             column[k + 1] = beta
         hess.index_copy_(1, torch.tensor([k], device=bdevice), column.reshape(-1, 1))
         next_q = w / beta
@@ -234,6 +266,7 @@ def arnoldi(
         hessenberg=hess[: iterations + 1, :iterations].to("cpu", torch.float64),
         iterations=iterations,
         breakdown=breakdown,
+        reorthogonalized=min(second_passes, iterations),
     )
 
 
@@ -372,4 +405,5 @@ def block_arnoldi(
         hessenberg=hess[: m + b, :m].to("cpu", torch.float64),
         iterations=m,
         breakdown=breakdown,
+        reorthogonalized=m,
     )

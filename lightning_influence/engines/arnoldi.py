@@ -210,6 +210,7 @@ class ArnoldiInfluence(ProjectedInfluence):
         self.fit_stats = {
             "iterations": result.iterations,
             "breakdown": result.breakdown,
+            "reorthogonalized": result.reorthogonalized,
             "hvp_mode": mode,
             "hvp_cache": cfg.hvp_cache,
             "curvature": cfg.curvature,
