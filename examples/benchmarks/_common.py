@@ -93,6 +93,30 @@ def detection_metrics(scores: Tensor, flipped: Tensor) -> dict[str, float]:
     return out
 
 
+def eigenvalues_found(reference: torch.Tensor, eigenvalues, tol: float = 0.01) -> tuple[int, float]:
+    """How many reference eigenvalues a method found to ``tol`` (relative), and the median error.
+
+    Paired by rank within each sign: the reference's i-th largest positive eigenvalue with the
+    method's i-th largest positive one, and likewise for the negative ones (pairing by rank of
+    |lambda| would pair +x with -x where the two signs interleave). A method that misses one
+    eigenvalue shifts every later pair, and a reference eigenvalue without a partner (Captum keeps
+    the algebraically largest eigenvalues only, so it has no negative ones) counts as not found
+    with error 1.
+    """
+    if eigenvalues is None or len(eigenvalues) == 0:
+        return 0, float("nan")
+    found = torch.as_tensor(eigenvalues).double().cpu()
+    errors = []
+    for sign in (1.0, -1.0):
+        ref = (sign * reference[sign * reference > 0]).sort(descending=True).values
+        got = (sign * found[sign * found > 0]).sort(descending=True).values[: len(ref)]
+        err = torch.ones(len(ref), dtype=torch.float64)
+        err[: len(got)] = (ref[: len(got)] - got).abs() / ref[: len(got)]
+        errors.append(err)
+    err = torch.cat(errors)
+    return int((err <= tol).sum()), float(err.median())
+
+
 def clock() -> float:
     """The benchmarks' clock: CPU seconds of this process (see ``set_threads``)."""
     return time.process_time()
