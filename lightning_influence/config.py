@@ -208,6 +208,17 @@ class ArnoldiConfig(ScoringConfig):
         ),
     )
 
+    restart_tol: float | None = field(
+        default=None,
+        metadata=_help(
+            "None: n_iters Arnoldi iterations (the paper's method). A number: thick-restart "
+            "Lanczos with a basis of at most n_iters vectors, restarted until every one of the "
+            "top_k pairs has ||H e - lambda e|| <= restart_tol |lambda| or 10 n_iters products "
+            "are spent (a symmetric H: the Hessian or the GGN; in-memory basis of at least "
+            "float32; not on XLA)."
+        ),
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         _int("n_iters", self.n_iters, 1, "Hessian-vector products per fit")
@@ -217,6 +228,22 @@ class ArnoldiConfig(ScoringConfig):
                 f"top_k={self.top_k} exceeds n_iters={self.n_iters}: Arnoldi can return at most "
                 "n_iters eigenpairs; raise n_iters or lower top_k"
             )
+        if self.restart_tol is not None:
+            if not 0 < self.restart_tol < 1:
+                raise ValueError(
+                    f"restart_tol={self.restart_tol} must be in (0, 1): it is a residual "
+                    "relative to |lambda| (1e-2 is a good start); None runs plain Arnoldi"
+                )
+            if self.n_iters < self.top_k + 2:
+                raise ValueError(
+                    f"restart_tol needs n_iters >= top_k + 2 = {self.top_k + 2} (n_iters is the "
+                    f"basis size, got {self.n_iters}); about 1.5 to 2 x top_k works well"
+                )
+            if self.basis_file is not None:
+                raise ValueError(
+                    "restart_tol rewrites its basis in memory at every restart, so basis_file is "
+                    "not supported with it: pass basis_file=None, or restart_tol=None"
+                )
         _choice("hvp_mode", self.hvp_mode, ("auto", "fwd-rev", "rev-rev"))
         _choice("curvature", self.curvature, ("hessian", "ggn"))
         parse_dtype(self.basis_dtype, "basis_dtype")

@@ -10,8 +10,8 @@ best ``keep`` Ritz vectors plus the residual direction, whose Krylov relation
 orthogonalized against the whole basis twice (CGS2): after a restart the projected matrix is an
 arrowhead, not tridiagonal, so the two-vector recurrence of ``arnoldi`` does not apply.
 
-Experimental (not wired into the engine): the basis stays in memory in the work dtype of
-``start``; ``distill`` reads the final state like an ``arnoldi`` result.
+``ArnoldiInfluence(restart_tol=...)`` fits with it. The basis stays in memory in the work dtype
+of ``start`` (at least float32); ``distill`` reads the final state like an ``arnoldi`` result.
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ class RestartedEigenpairs(NamedTuple):
         products: the matrix-vector products done.
         restarts: how many times the basis was compressed and extended again.
         converged: how many of the kept pairs meet ``residual <= tol * |lambda|``.
+        breakdown: the Krylov space became invariant (its Ritz pairs are exact; fewer than
+            ``top_k`` exist when it is smaller than that).
     """
 
     pairs: Eigenpairs
     products: int
     restarts: int
     converged: int
+    breakdown: bool = False
 
 
 def _orthogonalize(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,7 +71,8 @@ def thick_restart_lanczos(
     every one has ``||A e - lambda e|| <= tol * |lambda|`` or ``max_products`` are spent.
 
     Args:
-        matvec: ``v -> A v`` on ``start``'s device and dtype (A symmetric: a Hessian, a GGN).
+        matvec: ``v -> A v`` (A symmetric: a Hessian, a GGN), called on ``start``'s device in
+            the work dtype (``start``'s, at least float32, as the basis).
         start: the start vector ``[P]`` (normalized here).
         top_k: how many eigenpairs are wanted.
         basis_size: the most basis vectors held (default ``2 * top_k``, at least ``top_k + 2``).
@@ -120,7 +124,7 @@ def thick_restart_lanczos(
     while True:
         size, breakdown = m, False
         for j in range(first, m):
-            w = matvec(basis[j].to(start.dtype)).to(work)
+            w = matvec(basis[j]).to(work)
             products += 1
             w_norm = float(w.norm())
             if not math.isfinite(w_norm):
@@ -155,7 +159,7 @@ def thick_restart_lanczos(
                 breakdown=breakdown,
             )
             pairs = distill(result, top_k)
-            return RestartedEigenpairs(pairs, products, restarts, converged)
+            return RestartedEigenpairs(pairs, products, restarts, converged, breakdown)
         # Restart: Y = U_keep^T Q_m (the kept Ritz vectors), then the residual direction q_m.
         kept = order[:keep]
         coeffs = u[:, kept].T.to(basis.device, work)  # [keep, m]

@@ -16,6 +16,7 @@ from lightning_influence.core.arnoldi import NonFiniteError, arnoldi, distill
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import LossFn
 from lightning_influence.core.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
+from lightning_influence.core.lanczos import RestartedEigenpairs, thick_restart_lanczos
 from lightning_influence.core.parameters import ParamSelector
 from lightning_influence.core.xla import graph_cut
 from lightning_influence.engines.base import ProjectedInfluence, TransferFn, sync_device
@@ -54,6 +55,11 @@ class ArnoldiInfluence(ProjectedInfluence):
             passes (``DatasetHessian(cache=True)``; about 2.2x fewer CPU seconds per fit on the
             digits CNN, the same eigenpairs up to rounding), at the memory of the double-backward
             graph of the whole HVP sample during the fit. Off by default.
+            ``restart_tol=1e-2`` replaces the fixed ``n_iters`` iterations by thick-restart
+            Lanczos (``core.lanczos``) with a basis of at most ``n_iters`` vectors, restarted
+            until the ``top_k`` pairs reach that relative residual: on the digits CNN, all of the
+            top 100 within 1% of ARPACK's with ``n_iters=150`` in 225 products, where plain
+            Arnoldi needed 250.
 
     Example:
         >>> import torch.nn.functional as F
@@ -167,20 +173,42 @@ class ArnoldiInfluence(ProjectedInfluence):
             start = torch.randn(self.space.dim, generator=generator, dtype=torch.float64)
             start = start.to(device, self.compute_dtype)
 
+            restarted = cfg.restart_tol is not None
+            if restarted and device.type == "xla":
+                raise ValueError(
+                    "restart_tol (thick-restart Lanczos) grows and compresses its basis on the "
+                    "host, which XLA would recompile at every product: pass restart_tol=None on "
+                    "XLA devices"
+                )
+            budget = 10 * cfg.n_iters
             bar = tqdm(
-                total=cfg.n_iters, desc="Arnoldi", unit="hvp", disable=not cfg.progress, leave=False
+                total=budget if restarted else cfg.n_iters,
+                desc="Lanczos" if restarted else "Arnoldi",
+                unit="hvp",
+                disable=not cfg.progress,
+                leave=False,
             )
             try:
-                result = arnoldi(
-                    hessian,
-                    start,
-                    cfg.n_iters,
-                    basis_device=self._directions_device(),
-                    basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
-                    basis_file=cfg.basis_file,
-                    on_iteration=lambda _: bar.update(),
-                    graph_cut=graph_cut(device),
-                )
+                if restarted:
+                    out = self._thick_restart(hessian, start, budget, bar)
+                    pairs, iterations, breakdown = out.pairs, out.products, out.breakdown
+                    # Every product is orthogonalized twice (CGS2) after a restart's arrowhead.
+                    extra = {"reorthogonalized": out.products, "restarts": out.restarts}
+                    extra["converged"] = out.converged
+                else:
+                    result = arnoldi(
+                        hessian,
+                        start,
+                        cfg.n_iters,
+                        basis_device=self._directions_device(),
+                        basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
+                        basis_file=cfg.basis_file,
+                        on_iteration=lambda _: bar.update(),
+                        graph_cut=graph_cut(device),
+                    )
+                    pairs = distill(result, cfg.top_k)
+                    iterations, breakdown = result.iterations, result.breakdown
+                    extra = {"reorthogonalized": result.reorthogonalized}
             except NonFiniteError as err:
                 where = "unknown"
                 if err.vector is not None:
@@ -193,24 +221,31 @@ class ArnoldiInfluence(ProjectedInfluence):
             finally:
                 bar.close()
                 hessian.clear_cache()  # the cached graphs are the fit's largest allocation
-            pairs = distill(result, cfg.top_k)
             self._settle_projection(f, params, first, pairs.eigenvectors)
             sync_device(device)
 
-        if result.iterations < cfg.top_k:
+        found = len(pairs.eigenvalues)
+        if restarted and not breakdown and extra["converged"] < found:
             self._warn(
-                f"Arnoldi stopped after {result.iterations} iterations (the Krylov space is "
-                f"invariant: the Hessian has rank at most {result.iterations} on this sample), so "
-                f"only {result.iterations} of top_k={cfg.top_k} eigenpairs exist"
+                f"thick-restart Lanczos spent its {budget} products with "
+                f"{extra['converged']} of {found} eigenpairs at "
+                f"restart_tol={cfg.restart_tol}: raise n_iters (the basis size) or restart_tol; "
+                "relative_residuals says which pairs fell short"
+            )
+        if found < cfg.top_k:
+            self._warn(
+                f"the Krylov space became invariant after {iterations} products (the Hessian "
+                f"has rank at most {found} on this sample), so only {found} of "
+                f"top_k={cfg.top_k} eigenpairs exist"
             )
         self.directions = pairs.eigenvectors
         self.eigenvalues_ = pairs.eigenvalues
         self.residuals_ = pairs.residuals
         fit_seconds = time.perf_counter() - wall
         self.fit_stats = {
-            "iterations": result.iterations,
-            "breakdown": result.breakdown,
-            "reorthogonalized": result.reorthogonalized,
+            "iterations": iterations,
+            "breakdown": breakdown,
+            **extra,
             "hvp_mode": mode,
             "hvp_cache": cfg.hvp_cache,
             "curvature": cfg.curvature,
@@ -220,6 +255,31 @@ class ArnoldiInfluence(ProjectedInfluence):
             "fit_seconds": fit_seconds,
         }
         return self
+
+    def _thick_restart(
+        self, hessian: DatasetHessian, start: Tensor, budget: int, bar: Any
+    ) -> RestartedEigenpairs:
+        """``thick_restart_lanczos`` on ``hessian``, its basis on the basis device and dtype."""
+        cfg = self.config
+        device, dtype = start.device, start.dtype
+        where = self._directions_device()
+        # The restarted basis is rewritten in place: held in at least float32 (core.lanczos).
+        kind = torch.promote_types(
+            parse_dtype(cfg.basis_dtype, "basis_dtype") or dtype, torch.float32
+        )
+
+        def matvec(v: Tensor) -> Tensor:
+            bar.update()
+            return hessian(v.to(device, dtype)).to(where)
+
+        return thick_restart_lanczos(
+            matvec,
+            start.to(where, kind),
+            cfg.top_k,
+            basis_size=cfg.n_iters,
+            tol=cfg.restart_tol,
+            max_products=budget,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Eigenpairs, residuals, the parameter layout and the config, to score later without refitting."""

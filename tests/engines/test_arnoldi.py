@@ -161,6 +161,47 @@ def test_same_seed_same_result_other_seed_same_converged_top():
     torch.testing.assert_close(a.eigenvalues, c.eigenvalues, rtol=1e-8, atol=0)
 
 
+def test_restart_tol_converges_with_a_small_basis_to_the_dense_answer():
+    model = make_mlp(hidden=20)  # P = 163: a basis of 12 is far from the whole space
+    x, y, batches = make_data(n=60)
+    dense = Dense(model, x, y)
+    ref_vals, ref_vecs = dense.top_eigenpairs(5)
+    kwargs = {"n_iters": 12, "top_k": 5, "progress": False}
+    plain = ArnoldiInfluence(model, cross_entropy, **kwargs).fit(batches)
+    assert (plain.eigenvalues - ref_vals).abs().max() > 1e-3  # 12 products are not enough
+    engine = ArnoldiInfluence(model, cross_entropy, restart_tol=1e-10, **kwargs).fit(batches)
+    stats = engine.fit_stats
+    assert stats["restarts"] > 0 and stats["converged"] == 5 and not stats["breakdown"]
+    assert stats["iterations"] <= 120  # the default budget, 10 x n_iters
+    assert engine.relative_residuals.max() <= 1e-10
+    torch.testing.assert_close(engine.eigenvalues, ref_vals, rtol=1e-10, atol=0)
+    proj = dense.gradients(x, y) @ ref_vecs
+    expected = (proj.square() / ref_vals.abs()).sum(1)
+    torch.testing.assert_close(engine.self_influence(batches), expected, rtol=1e-7, atol=1e-12)
+
+
+def test_restart_tol_out_of_budget_warns_and_keeps_the_pairs():
+    model = make_mlp(hidden=20)
+    _, _, batches = make_data(n=60)
+    kwargs = {"n_iters": 7, "top_k": 5, "restart_tol": 1e-13, "progress": False}
+    with pytest.warns(RuntimeWarning, match=r"spent its 70 products with 4 of 5 eigenpairs"):
+        engine = ArnoldiInfluence(model, cross_entropy, **kwargs).fit(batches)
+    assert engine.fit_stats["iterations"] == 70 and engine.fit_stats["converged"] == 4
+    assert len(engine.eigenvalues) == 5 and (engine.relative_residuals > 1e-13).any()
+
+
+def test_restart_tol_bad_settings_are_refused():
+    model = make_mlp()
+    with pytest.raises(ValueError, match=r"restart_tol=0 must be in \(0, 1\)"):
+        ArnoldiInfluence(model, cross_entropy, restart_tol=0)
+    with pytest.raises(ValueError, match=r"restart_tol=1.5 must be in"):
+        ArnoldiInfluence(model, cross_entropy, restart_tol=1.5)
+    with pytest.raises(ValueError, match=r"n_iters >= top_k \+ 2 = 12 .*got 11"):
+        ArnoldiInfluence(model, cross_entropy, n_iters=11, top_k=10, restart_tol=1e-2)
+    with pytest.raises(ValueError, match="basis_file is not supported"):
+        ArnoldiInfluence(model, cross_entropy, restart_tol=1e-2, basis_file="basis.npy")
+
+
 # ---- leave-one-out retraining: predicted vs actual change of the test loss -----------------------
 
 L2 = 3e-2
