@@ -60,9 +60,20 @@ def analysis_arguments(config: AnalysisConfig, loss_fn: LossFn | None) -> dict[s
     return json.loads(json.dumps(arguments, default=str))
 
 
+# Fields added after names were first given: left out of the scoring arguments at their default,
+# so that an analysis that does not use them keeps the name (and the folder) it had before.
+_NEW_FIELD_DEFAULTS = {"restart_tol": None}
+
+
 def scoring_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The arguments that decide what an event holds (``arguments`` less ``SCHEDULE_FIELDS``)."""
-    return {k: v for k, v in arguments.items() if k not in SCHEDULE_FIELDS}
+    """The arguments that decide what an event holds (``arguments`` less ``SCHEDULE_FIELDS``, and
+    less the newer fields left at their defaults)."""
+    return {
+        k: v
+        for k, v in arguments.items()
+        if k not in SCHEDULE_FIELDS
+        and not (k in _NEW_FIELD_DEFAULTS and v == _NEW_FIELD_DEFAULTS[k])
+    }
 
 
 def analysis_name(arguments: dict[str, Any]) -> str:
