@@ -424,10 +424,12 @@ class RecordRanks(pl.Callback):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("restart_tol", [None, 1e-3], ids=["arnoldi", "thick-restart"])
+def test_ddp_matches_one_process(tmp_path, restart_tol):
     """Two gloo processes: every rank holds the same events, equal to a one-process analysis of
     the same weights (BatchNorm buffers from global zero), and global zero writes the files."""
-    callback = InfluenceCallback(cross_entropy_loss, **{**FAST, "hvp_samples": 25})
+    kwargs = {**FAST, "hvp_samples": 25, "restart_tol": restart_tol}
+    callback = InfluenceCallback(cross_entropy_loss, **kwargs)
     pl.seed_everything(0, verbose=False)
     model = TinyModule()
     trainer = pl.Trainer(
@@ -457,11 +459,15 @@ def test_ddp_matches_one_process(tmp_path):
     assert folders == [f"epoch={e['epoch']}-step={e['global_step']}" for e in ranks[0]]
 
     # one process, same weights (ddp_spawn hands rank 0's final state back to this process)
-    engine = ArnoldiInfluence(model, cross_entropy_loss, n_iters=12, top_k=5, progress=False)
+    engine = ArnoldiInfluence(
+        model, cross_entropy_loss, n_iters=12, top_k=5, restart_tol=restart_tol, progress=False
+    )
     hvp = Subset(
         data, hvp_indices(N + 1, callback.config.hvp_samples, callback.config.seed).tolist()
     )
     engine.fit(DataLoader(hvp, batch_size=8))
+    if restart_tol is not None:  # P = 99 against a basis of 12: the restarts are exercised
+        assert engine.fit_stats["restarts"] > 0 and engine.fit_stats["converged"] == 5
     torch.testing.assert_close(engine.eigenvalues, final["eigenvalues"], rtol=1e-5, atol=0)
     scores = engine.self_influence(DataLoader(data, batch_size=8)).double()
     torch.testing.assert_close(scores, final["self_influence"], rtol=1e-4, atol=1e-7)
