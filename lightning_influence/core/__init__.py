@@ -3,7 +3,9 @@
 ``hvp`` (Hessian-vector products and the dataset Hessian operator), ``arnoldi`` (the iteration and
 distillation), ``projection`` (projected per-example gradients), ``scores`` (the influence formulas),
 ``parameters`` (which parameters, and their flat view), ``functional_loss`` (the user's loss as a
-function of a parameter dict), ``batch`` (batch pytrees), ``context`` (the autograd context).
+function of a parameter dict), ``batch`` (batch pytrees), ``context`` (the autograd context),
+``lanczos`` (thick-restart Lanczos to a residual tolerance), ``ggn`` (Gauss-Newton products),
+``xla`` (graph cuts on XLA devices).
 """
 
 from lightning_influence.core.arnoldi import (
