@@ -26,9 +26,11 @@ from lightning_influence.losses import cross_entropy_loss
 __all__ = [
     "DEFAULT_OUT",
     "Timer",
+    "arpack_eigenvalues",
     "clock",
     "cross_entropy_loss",
     "detection_metrics",
+    "eigenvalues_found",
     "flip_labels",
     "machine_info",
     "markdown_table",
@@ -91,6 +93,27 @@ def detection_metrics(scores: Tensor, flipped: Tensor) -> dict[str, float]:
         top = order[: max(1, round(q * s.numel()))]
         out[f"found@{round(q * 100)}%"] = float(t[top].sum()) / total
     return out
+
+
+def arpack_eigenvalues(operator: Callable[[Tensor], Tensor], dim: int, k: int) -> Tensor:
+    """The top ``k`` eigenvalues by |lambda| of a symmetric float32 ``operator`` on ``R^dim``.
+
+    scipy's ARPACK (``eigsh``, implicitly restarted Lanczos, ``which="LM"``, ``tol=1e-6``), the
+    benchmarks' reference for "converged"; sorted by |lambda| descending, float64. Count the
+    products on the operator (``DatasetHessian.calls``).
+    """
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    def mv(v: np.ndarray) -> np.ndarray:
+        out = operator(torch.from_numpy(np.ascontiguousarray(v.reshape(-1))).float())
+        return out.double().numpy()
+
+    values = eigsh(
+        LinearOperator((dim, dim), matvec=mv, dtype=np.float64), k=k, which="LM", tol=1e-6
+    )
+    ref = torch.from_numpy(values[0])
+    return ref[ref.abs().argsort(descending=True)]
 
 
 def eigenvalues_found(reference: torch.Tensor, eigenvalues, tol: float = 0.01) -> tuple[int, float]:

@@ -53,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (
     DEFAULT_OUT,
     Timer,
+    arpack_eigenvalues,
     clock,
     cross_entropy_loss,
     detection_metrics,
@@ -114,16 +115,6 @@ def load_checkpoint(model: nn.Module, path: str) -> float:
     return lr
 
 
-def eigen_agreement(ours: torch.Tensor, theirs: torch.Tensor, count: int) -> float:
-    """Largest relative difference between the ``count`` largest positive eigenvalues of each."""
-    a = ours[ours > 0].sort(descending=True).values[:count].double()
-    b = theirs[theirs > 0].sort(descending=True).values[:count].double()
-    m = min(len(a), len(b))
-    if m == 0:
-        return float("nan")
-    return float(((a[:m] - b[:m]).abs() / a[:m].abs()).max())
-
-
 def arpack_reference(model, loader, k: int, timer) -> tuple[torch.Tensor, int]:
     """The top ``k`` eigenvalues by |lambda| of our operator on the whole HVP sample, to tolerance.
 
@@ -131,24 +122,12 @@ def arpack_reference(model, loader, k: int, timer) -> tuple[torch.Tensor, int]:
     ``DatasetHessian`` of the mean loss over ``loader``: the reference "equal eigenpair quality" is
     judged against. Returns ``(eigenvalues sorted by |lambda| descending, products it needed)``.
     """
-    import numpy as np
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
     with analysis_context(model):
         hessian = dataset_hessian(model, loader, cache=True)
-        dim = hessian.space.dim
-
-        def mv(v):
-            out = hessian(torch.from_numpy(np.ascontiguousarray(v.reshape(-1))).float())
-            return out.double().numpy()
-
         with timer("arpack"):
-            ref = eigsh(
-                LinearOperator((dim, dim), matvec=mv, dtype=np.float64), k=k, which="LM", tol=1e-6
-            )[0]
+            ref = arpack_eigenvalues(hessian, hessian.space.dim, k)
         hessian.clear_cache()
-    ref = torch.from_numpy(ref)
-    return ref[ref.abs().argsort(descending=True)], hessian.calls
+    return ref, hessian.calls
 
 
 def dataset_hessian(model, loader, cache: bool) -> DatasetHessian:

@@ -36,7 +36,6 @@ import os
 import sys
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -46,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (
     DEFAULT_OUT,
     Timer,
+    arpack_eigenvalues,
     clock,
     cross_entropy_loss,
     detection_metrics,
@@ -232,25 +232,14 @@ class _Resampled:
 def sample_sizes(model, x, y, flipped, sizes, n: int, p: int, seed: int, timer: Timer, blocks=()):
     """Sections 3 and 4: eigenvalue error against ARPACK on the full operator, and AP, against
     the sample size m, and against the block size b of block Arnoldi on the full sample."""
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
     rows = []
     with analysis_context(model):
         full = operator(model, x, y, cache=True)
         dim = full.space.dim
-
-        def mv(v: np.ndarray) -> np.ndarray:
-            out = full(torch.from_numpy(np.ascontiguousarray(v.reshape(-1))).float())
-            return out.double().numpy()
-
         with timer("eigsh"):
-            ref = eigsh(
-                LinearOperator((dim, dim), matvec=mv, dtype=np.float64), k=p, which="LM", tol=1e-6
-            )[0]
+            ref = arpack_eigenvalues(full, dim, p)
         eigsh_products = full.calls
         full.clear_cache()
-        ref = torch.from_numpy(ref)
-        ref = ref[ref.abs().argsort(descending=True)]
         f = make_functional_loss(model, cross_entropy_loss)
         params = {k: t.detach() for k, t in select_parameters(model, None).items()}
         grads = torch.cat(
