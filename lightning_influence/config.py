@@ -6,14 +6,30 @@
   and the command line analyse around it (the HVP sample, the loaders, when, what on failure).
 * ``PruningConfig``: what ``InfluenceDataModule`` drops or down-weights.
 
-The fields are the single source of every default: the callback's and the DataModule's keyword
-defaults are read from them, the command line's options are generated from them (their ``help``
-metadata), and ``dataclasses.asdict`` of the config is the ``arguments`` of every manifest.
+The fields are the single source of every default, help text and choice: the callback and the
+DataModule take a config object plus field overrides, the command line's options are generated from
+the fields, and ``dataclasses.asdict`` of the config is the ``arguments`` of every manifest.
+
+Each field says its **role** in its metadata (``field_names(cls, role)`` lists them):
+
+* ``"result"``: changes what an event holds (the numbers). Only these name an analysis' folder
+  (a hash of the ones that differ from their defaults, so a new field left at its default never
+  renames a folder) and are compared before an event is written over.
+* ``"execution"``: how the same numbers are computed (chunks, caches, workers, where the basis
+  lives): in the manifest, not in the name.
+* ``"schedule"``: when a training run analyses and what it does on failure; meaningless for one
+  checkpoint (the command line has no such options).
+* ``"display"``: progress bars.
+
+The choices of a ``Literal``-typed field are read from its type (``field_choices``) and checked
+once, in ``__post_init__``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,18 +38,24 @@ import torch
 from lightning_influence.core.hvp import HVPMode
 from lightning_influence.core.parameters import ParamSelector
 from lightning_influence.core.projection import ProjectionMode
-from lightning_influence.core.scores import EIGENVALUE_POLICIES, EigenvaluePolicy
+from lightning_influence.core.scores import EigenvaluePolicy
 
 __all__ = [
+    "ROLES",
     "AnalysisConfig",
     "ArnoldiConfig",
     "ConfigurationError",
     "PruningConfig",
     "RandomProjectionConfig",
+    "Role",
     "ScoringConfig",
+    "field_choices",
+    "field_names",
 ]
 
 Curvature = Literal["hessian", "ggn"]
+Role = Literal["result", "execution", "schedule", "display"]
+ROLES: tuple[str, ...] = typing.get_args(Role)
 
 _DTYPES = {
     "float64": torch.float64,
@@ -76,6 +98,65 @@ def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_choices(cls: type, name: str) -> tuple[Any, ...] | None:
+    """The allowed values of field ``name`` of config class ``cls``: the arguments of its
+    ``Literal`` type (also inside ``Optional``), or its ``choices`` metadata; None when free.
+
+    Example:
+        >>> field_choices(ScoringConfig, "projection")
+        ('auto', 'jvp', 'grad')
+    """
+    literal = _literal(cls, name)
+    if literal is not None:
+        return literal
+    meta = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
+    return tuple(meta["choices"]) if "choices" in meta else None
+
+
+def _literal(cls: type, name: str) -> tuple[Any, ...] | None:
+    hint = _hints(cls)[name]
+    for candidate in (hint, *typing.get_args(hint)):
+        if typing.get_origin(candidate) is Literal:
+            return typing.get_args(candidate)
+    return None
+
+
+def field_names(cls: type, *roles: str) -> tuple[str, ...]:
+    """The fields of config class ``cls`` with one of ``roles`` (all fields for none), in order.
+
+    Example:
+        >>> field_names(AnalysisConfig, "schedule")
+        ('every_n_epochs', 'at_train_end', 'on_error', 'log_top_n', 'max_events')
+    """
+    for role in roles:
+        _choice("role", role, ROLES)
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if not roles or f.metadata.get("role", "result") in roles
+    )
+
+
+class _Config:
+    """What every config shares: ``Literal`` fields checked against their choices, ``to_dict``."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            choices = _literal(type(self), f.name)
+            value = getattr(self, f.name)
+            optional = type(None) in typing.get_args(_hints(type(self))[f.name])
+            if choices is not None and not (value is None and optional):
+                _choice(f.name, value, choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 def _int(name: str, value: Any, minimum: int, hint: str, optional: bool = False) -> None:
     if value is None and optional:
         return
@@ -83,19 +164,20 @@ def _int(name: str, value: Any, minimum: int, hint: str, optional: bool = False)
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum} ({hint})")
 
 
-def _help(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
+def _help(text: str, role: Role = "result", **extra: Any) -> dict[str, Any]:
+    return {"help": text, "role": role, **extra}
 
 
 @dataclass
-class ScoringConfig:
+class ScoringConfig(_Config):
     """How scores are computed from directions and eigenvalues (shared by every engine)."""
 
     projection: ProjectionMode = field(
         default="auto",
         metadata=_help(
             "'jvp' (forward-mode, vmapped over directions), 'grad' (per-example gradients times "
-            "directions) or 'auto' (time both on the first batch, keep the faster)."
+            "directions) or 'auto' (time both on the first batch, keep the faster).",
+            role="execution",
         ),
     )
     eigenvalue_policy: EigenvaluePolicy = field(
@@ -117,10 +199,13 @@ class ScoringConfig:
         default=None,
         metadata=_help(
             "examples per vmapped per-example-gradient chunk; None sizes chunks to about 256 MiB "
-            "of gradients."
+            "of gradients.",
+            role="execution",
         ),
     )
-    direction_chunk: int = field(default=32, metadata=_help("directions per vmapped JVP chunk."))
+    direction_chunk: int = field(
+        default=32, metadata=_help("directions per vmapped JVP chunk.", role="execution")
+    )
     compute_dtype: str | None = field(
         default=None,
         metadata=_help(
@@ -128,11 +213,10 @@ class ScoringConfig:
             choices=tuple(_DTYPES),
         ),
     )
-    progress: bool = field(default=True, metadata=_help("show tqdm progress bars."))
+    progress: bool = field(default=True, metadata=_help("show tqdm progress bars.", "display"))
 
     def __post_init__(self) -> None:
-        _choice("projection", self.projection, ("auto", "jvp", "grad"))
-        _choice("eigenvalue_policy", self.eigenvalue_policy, EIGENVALUE_POLICIES)
+        super().__post_init__()
         if self.eigenvalue_policy == "damped" and not self.damping > 0:
             raise ValueError(
                 f"eigenvalue_policy='damped' needs damping > 0, got damping={self.damping}"
@@ -144,9 +228,6 @@ class ScoringConfig:
         _int("example_chunk", self.example_chunk, 1, "None sizes chunks by memory", optional=True)
         _int("direction_chunk", self.direction_chunk, 1, "directions per JVP chunk")
         parse_dtype(self.compute_dtype, "compute_dtype")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -160,7 +241,9 @@ class ArnoldiConfig(ScoringConfig):
     )
     hvp_mode: HVPMode = field(
         default="auto",
-        metadata=_help("'fwd-rev', 'rev-rev' or 'auto' (rev-rev on XLA, fwd-rev elsewhere)."),
+        metadata=_help(
+            "'fwd-rev', 'rev-rev' or 'auto' (rev-rev on XLA, fwd-rev elsewhere).", "execution"
+        ),
     )
     curvature: Curvature = field(
         default="hessian",
@@ -173,7 +256,8 @@ class ArnoldiConfig(ScoringConfig):
         default=None,
         metadata=_help(
             "device of the Krylov basis and eigenvectors; 'cpu' offloads them from an "
-            "accelerator. None: the model's device."
+            "accelerator. None: the model's device.",
+            role="execution",
         ),
     )
     basis_dtype: str | None = field(
@@ -188,14 +272,16 @@ class ArnoldiConfig(ScoringConfig):
         default=None,
         metadata=_help(
             "keep the Krylov basis in this file (a numpy memmap) instead of memory, for when "
-            "(n + 1) x P does not fit in RAM; needs a CPU basis and basis_dtype float32/float16."
+            "(n + 1) x P does not fit in RAM; needs a CPU basis and basis_dtype float32/float16.",
+            role="execution",
         ),
     )
     cache_batches: bool = field(
         default=True,
         metadata=_help(
             "keep the HVP sample's batches on the device between iterations (and immune to a "
-            "shuffling loader); False re-reads the loader every iteration."
+            "shuffling loader); False re-reads the loader every iteration.",
+            role="execution",
         ),
     )
     hvp_cache: bool = field(
@@ -204,7 +290,8 @@ class ArnoldiConfig(ScoringConfig):
             "keep each HVP-sample batch's graph of the gradient for the whole fit, so that a "
             "product is one reverse pass (about 2x fewer CPU seconds per fit on the digits CNN, "
             "the same eigenpairs up to rounding), at the memory of the sample's graphs; Hessian "
-            "curvature only, needs cache_batches."
+            "curvature only, needs cache_batches.",
+            role="execution",
         ),
     )
 
@@ -244,8 +331,6 @@ class ArnoldiConfig(ScoringConfig):
                     "restart_tol rewrites its basis in memory at every restart, so basis_file is "
                     "not supported with it: pass basis_file=None, or restart_tol=None"
                 )
-        _choice("hvp_mode", self.hvp_mode, ("auto", "fwd-rev", "rev-rev"))
-        _choice("curvature", self.curvature, ("hessian", "ggn"))
         parse_dtype(self.basis_dtype, "basis_dtype")
         if self.hvp_cache and self.curvature != "hessian":
             raise ValueError(
@@ -269,7 +354,6 @@ class RandomProjectionConfig(ScoringConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _int("dim", self.dim, 1, "rows of the sketch")
-        _choice("hvp_mode", self.hvp_mode, ("auto", "fwd-rev", "rev-rev"))
 
 
 @dataclass
@@ -296,37 +380,46 @@ class AnalysisConfig(ArnoldiConfig):
     )
     batch_size: int | None = field(
         default=None,
-        metadata=_help("batch size of the HVP and scoring loaders; None: the train loader's."),
+        metadata=_help(
+            "batch size of the HVP and scoring loaders; None: the train loader's.", "execution"
+        ),
     )
     num_workers: int = field(
-        default=0, metadata=_help("worker processes of the HVP and scoring loaders.")
+        default=0,
+        metadata=_help("worker processes of the HVP and scoring loaders.", "execution"),
     )
     every_n_epochs: int = field(
         default=1,
-        metadata=_help("analyse at the end of every n-th training epoch; 0: only at the end."),
+        metadata=_help(
+            "analyse at the end of every n-th training epoch; 0: only at the end.", "schedule"
+        ),
     )
     at_train_end: bool = field(
         default=True,
         metadata=_help(
             "also analyse at the end of training (skipped when the last epoch-end analysis "
-            "already saw the final weights)."
+            "already saw the final weights).",
+            role="schedule",
         ),
     )
     on_error: Literal["warn", "raise"] = field(
         default="warn",
         metadata=_help(
             "'warn' skips a failed analysis (non-finite loss or HVP, ...) with a warning and "
-            "training continues; 'raise' fails the fit."
+            "training continues; 'raise' fails the fit.",
+            role="schedule",
         ),
     )
     log_top_n: int = field(
-        default=16, metadata=_help("how many of the most self-influential examples to log.")
+        default=16,
+        metadata=_help("how many of the most self-influential examples to log.", "schedule"),
     )
     max_events: int | None = field(
         default=None,
         metadata=_help(
             "keep only the newest events in memory and in checkpoints (the files keep all); "
-            "None keeps all."
+            "None keeps all.",
+            role="schedule",
         ),
     )
     shard_batches: int | None = field(
@@ -334,7 +427,8 @@ class AnalysisConfig(ArnoldiConfig):
         metadata=_help(
             "stream the scores to <event>/scores/ in shards of this many batches (memory "
             "independent of N; an interrupted analysis of the same weights resumes from the "
-            "complete shards and the saved eigenpairs); None scores in memory."
+            "complete shards and the saved eigenpairs); None scores in memory.",
+            role="execution",
         ),
     )
 
@@ -347,7 +441,6 @@ class AnalysisConfig(ArnoldiConfig):
         _int("log_top_n", self.log_top_n, 0, "0 shows no examples")
         _int("max_events", self.max_events, 1, "None keeps every event", True)
         _int("shard_batches", self.shard_batches, 1, "None scores in memory", True)
-        _choice("on_error", self.on_error, ("warn", "raise"))
         if isinstance(self.params, str):
             self.params = [self.params]
         elif self.params is not None and not callable(self.params):
@@ -370,12 +463,12 @@ class AnalysisConfig(ArnoldiConfig):
 
 
 CombineMode = Literal["latest", "mean", "normalized_sum"]
-COMBINE_MODES: tuple[str, ...] = ("latest", "mean", "normalized_sum")
+COMBINE_MODES: tuple[str, ...] = typing.get_args(CombineMode)
 PruneMode = Literal["drop", "reweight"]
 
 
 @dataclass
-class PruningConfig:
+class PruningConfig(_Config):
     """What ``InfluenceDataModule`` does with self-influence scores (see ``lightning_influence.pruning``)."""
 
     mode: PruneMode = field(
@@ -421,7 +514,7 @@ class PruningConfig:
     )
 
     def __post_init__(self) -> None:
-        _choice("mode", self.mode, ("drop", "reweight"))
+        super().__post_init__()
         if not 0.0 <= self.fraction < 1.0:
             raise ValueError(
                 f"fraction={self.fraction!r} must be in [0, 1): the share of the training set "
@@ -439,7 +532,6 @@ class PruningConfig:
                 f"max_dropped={cap!r} must be a count >= 0 (int) or a share of the dataset in "
                 "[0, 1] (float)"
             )
-        _choice("combine", self.combine, COMBINE_MODES)
         _int("min_per_class", self.min_per_class, 0, "0 turns the class safeguard off")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature!r} must be > 0 (e.g. 0.05)")

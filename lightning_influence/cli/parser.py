@@ -8,29 +8,20 @@ import argparse
 import dataclasses
 import textwrap
 import typing
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 from lightning_influence.cli.loading import SPLITS
-from lightning_influence.config import AnalysisConfig
+from lightning_influence.config import AnalysisConfig, field_choices, field_names
 
-__all__ = ["CLI_FIELDS", "PROG", "build_parser", "config_from_args", "flag"]
+__all__ = ["CLI_FIELDS", "PROG", "add_config_options", "build_parser", "config_from_args", "flag"]
 
 PROG = "lightning-influence"
 LOSSES = ("auto", "cross_entropy", "mse")
 
-# AnalysisConfig fields that say when a training run analyses, or how it shows progress: no
-# meaning for one checkpoint (progress is --no-progress).
-_TRAINING_ONLY = (
-    "every_n_epochs",
-    "at_train_end",
-    "on_error",
-    "log_top_n",
-    "max_events",
-    "progress",
-)
-CLI_FIELDS = tuple(
-    f.name for f in dataclasses.fields(AnalysisConfig) if f.name not in _TRAINING_ONLY
-)
+# The AnalysisConfig fields with a meaning for one checkpoint: what is computed and how. The
+# "schedule" fields (when a training run analyses) have none, and progress is --no-progress.
+CLI_FIELDS = field_names(AnalysisConfig, "result", "execution")
 
 _MAIN_EPILOG = """\
 examples:
@@ -96,32 +87,43 @@ def _number(kind: type, optional: bool, minimum: int | None) -> Any:
     return parse
 
 
-def _add_config_options(group: argparse._ArgumentGroup) -> None:
-    hints = typing.get_type_hints(AnalysisConfig)
-    defaults = AnalysisConfig()
-    for field in dataclasses.fields(AnalysisConfig):
-        if field.name not in CLI_FIELDS:
+def add_config_options(
+    group: argparse._ActionsContainer,
+    cls: type,
+    names: Sequence[str],
+    defaults: Any = None,
+) -> None:
+    """One option per field of config class ``cls`` in ``names``, generated from the field: its
+    flag (``top_k`` -> ``--top-k``), type, choices (``field_choices``), default and help. The
+    command line and the demo use it, so both spell every field the same way.
+
+    ``None`` in an optional integer or float field is written ``all``, ``none`` or ``null``.
+    """
+    hints = typing.get_type_hints(cls)
+    defaults = defaults if defaults is not None else cls()
+    for field in dataclasses.fields(cls):
+        if field.name not in names:
             continue
         hint, default = hints[field.name], getattr(defaults, field.name)
         args = typing.get_args(hint)
         optional = type(None) in args
         kwargs: dict[str, Any] = {"default": default, "dest": field.name}
         help_text = field.metadata.get("help", "")
-        literal = [a for a in (hint, *args) if typing.get_origin(a) is Literal]
+        choices = field_choices(cls, field.name)
         if field.name == "params":
             kwargs.update(nargs="+", metavar="PATTERN")
-        elif literal:
-            kwargs["choices"] = typing.get_args(literal[0])
+        elif choices is not None:
+            kwargs["choices"] = choices
         elif hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif int in (hint, *args) and not isinstance(default, float):
-            minimum = 0 if field.name in ("num_workers", "seed") else 1
-            kwargs.update(type=_number(int, optional, None if field.name == "seed" else minimum))
+            minimum = None if field.name == "seed" else (0 if field.name == "num_workers" else 1)
+            if field.name in ("start_epoch", "min_per_class"):
+                minimum = 0
+            kwargs.update(type=_number(int, optional, minimum))
             kwargs["metavar"] = "N|all" if optional and field.name == "hvp_samples" else "N"
         elif float in (hint, *args):
             kwargs.update(type=_number(float, optional, None), metavar="X")
-        elif "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
         else:
             kwargs["metavar"] = field.name.split("_")[-1].upper()
         shown = "all" if default is None and field.name == "hvp_samples" else default
@@ -150,7 +152,7 @@ def _common_parser() -> argparse.ArgumentParser:
     engine = common.add_argument_group(
         "the analysis (InfluenceCallback's arguments; lightning_influence.AnalysisConfig)"
     )
-    _add_config_options(engine)
+    add_config_options(engine, AnalysisConfig, CLI_FIELDS)
     run = common.add_argument_group("running")
     run.add_argument(
         "--device", metavar="DEVICE", help="where to compute (default: cuda if available, else cpu)"

@@ -14,6 +14,7 @@ so that negative or tiny eigenvalues never produce NaN or Inf.
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import torch
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 EigenvaluePolicy = Literal["abs", "signed", "positive", "damped"]
-EIGENVALUE_POLICIES: tuple[str, ...] = ("abs", "signed", "positive", "damped")
+EIGENVALUE_POLICIES: tuple[str, ...] = typing.get_args(EigenvaluePolicy)
 
 
 def inverse_eigenvalues(

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lightning_influence.config import ConfigurationError
 from lightning_influence.io.atomic import atomic_write
-from lightning_influence.io.manifest import argument_differences
+from lightning_influence.io.manifest import argument_differences, result_arguments
 
 __all__ = [
     "ScoringEvent",
@@ -110,8 +110,9 @@ class ScoringEvent:
 
 
 def check_event_folder(folder: str | os.PathLike, arguments: dict[str, Any]) -> None:
-    """Refuse to write into an event folder that an analysis with other ``arguments`` made
-    (each key of ``arguments`` is compared with the manifest's ``arguments``).
+    """Refuse to write into an event folder that an analysis with other result ``arguments``
+    made (``result_arguments`` of both sides are compared; a manifest written before a field
+    existed counts as that field's default).
 
     Raises:
         ConfigurationError: naming the arguments that differ and the ways out.
@@ -123,7 +124,9 @@ def check_event_folder(folder: str | os.PathLike, arguments: dict[str, Any]) -> 
         theirs = json.loads(manifest_path.read_text()).get("arguments", {})
     except (OSError, ValueError):
         theirs = {}
-    shown = argument_differences(theirs, json.loads(json.dumps(arguments, default=str)))
+    shown = argument_differences(
+        result_arguments(theirs), result_arguments(json.loads(json.dumps(arguments, default=str)))
+    )
     if shown is not None:
         raise ConfigurationError(
             f"{folder} holds an event made with other arguments ({shown}); it is not "

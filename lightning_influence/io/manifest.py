@@ -1,13 +1,14 @@
-"""What a manifest says: every argument of the analysis (``asdict`` of its config) and provenance.
+"""What a manifest says: every argument of the analysis (its config) and provenance.
 
-``arguments`` is also what names an analysis: ``analysis_name`` is a short hash of it, so that two
-analyses with other arguments never write into the same folder, and what ``check_event_folder``
-compares before writing over an event.
+The ``"result"`` arguments (``lightning_influence.config`` gives each field its role) are what
+names an analysis: ``analysis_name`` is a short hash of those that differ from their defaults, so
+that two analyses with other results never write into the same folder, and they are what
+``check_event_folder`` compares before writing over an event.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import json
 import platform
@@ -16,42 +17,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_influence.config import AnalysisConfig
+from lightning_influence.config import AnalysisConfig, field_names
 from lightning_influence.losses import LossFn, loss_name
 
 __all__ = [
-    "SCHEDULE_FIELDS",
     "analysis_arguments",
     "analysis_name",
     "argument_differences",
     "build_manifest",
-    "scoring_arguments",
+    "result_arguments",
     "versions",
 ]
 
-# Fields that change what is shown, never what is computed: left out of the arguments.
-_DISPLAY_ONLY = ("progress",)
-# Fields that say when and how an analysis runs, not what an event holds: in the manifest, but
-# not in the name of the analysis' folder nor in the comparison before writing over an event.
-SCHEDULE_FIELDS = (
-    "every_n_epochs",
-    "at_train_end",
-    "on_error",
-    "log_top_n",
-    "max_events",
-    "num_workers",
-    "shard_batches",
-    "basis_file",  # where the basis is stored, not what it holds
-    "hvp_cache",  # how the products are computed, not what they are
-)
-
 
 def analysis_arguments(config: AnalysisConfig, loss_fn: LossFn | None) -> dict[str, Any]:
-    """Every argument of an analysis as plain JSON types (a predicate ``params`` by its name)."""
+    """Every argument of an analysis as plain JSON types (a predicate ``params`` by its name), less
+    the display fields (progress bars), plus the loss' name: the manifest's ``arguments``."""
     arguments = {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(config)
-        if f.name not in _DISPLAY_ONLY
+        name: getattr(config, name)
+        for name in field_names(AnalysisConfig, "result", "execution", "schedule")
     }
     params = arguments["params"]
     if callable(params):
@@ -60,32 +44,37 @@ def analysis_arguments(config: AnalysisConfig, loss_fn: LossFn | None) -> dict[s
     return json.loads(json.dumps(arguments, default=str))
 
 
-# Fields added after names were first given: left out of the scoring arguments at their default,
-# so that an analysis that does not use them keeps the name (and the folder) it had before.
-_NEW_FIELD_DEFAULTS = {"restart_tol": None}
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    return analysis_arguments(AnalysisConfig(), None)
 
 
-def scoring_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The arguments that decide what an event holds (``arguments`` less ``SCHEDULE_FIELDS``, and
-    less the newer fields left at their defaults)."""
-    return {
-        k: v
-        for k, v in arguments.items()
-        if k not in SCHEDULE_FIELDS
-        and not (k in _NEW_FIELD_DEFAULTS and v == _NEW_FIELD_DEFAULTS[k])
-    }
+def result_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that decide what an event holds: the ``"result"`` fields of
+    ``AnalysisConfig`` and the loss. A field missing from ``arguments`` (a manifest written before
+    the field existed) takes its default, which is what that analysis used."""
+    defaults = _defaults()
+    names = (*field_names(AnalysisConfig, "result"), "loss_fn")
+    return {k: arguments.get(k, defaults[k]) for k in names}
 
 
 def analysis_name(arguments: dict[str, Any]) -> str:
     """A short, stable name for an analysis: ``arnoldi-`` and 8 hex digits of the SHA-1 of its
-    scoring arguments (so callbacks that differ only in when they run share a folder).
+    result arguments that differ from their defaults, and of the loss' name.
+
+    Only the non-defaults count, so a field added later (at its default) never renames an
+    existing analysis' folder, and the fields that say how or when an analysis runs never do.
 
     Example:
-        >>> analysis_name({"n_iters": 200, "top_k": 100})
-        'arnoldi-bbd80d3c'
+        >>> analysis_name({"n_iters": 200, "top_k": 100}) == analysis_name({})
+        True
+        >>> analysis_name({"top_k": 30})
+        'arnoldi-71427bbd'
     """
-    scoring = scoring_arguments(arguments)
-    digest = hashlib.sha1(json.dumps(scoring, sort_keys=True).encode()).hexdigest()
+    defaults = _defaults()
+    ours = result_arguments(arguments)
+    changed = {k: v for k, v in ours.items() if k == "loss_fn" or v != defaults[k]}
+    digest = hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()
     return f"arnoldi-{digest[:8]}"
 
 

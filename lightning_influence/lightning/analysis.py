@@ -27,7 +27,7 @@ from torch import Tensor
 from lightning_influence.config import AnalysisConfig, ConfigurationError
 from lightning_influence.engines.arnoldi import ArnoldiInfluence
 from lightning_influence.io.events import ScoringEvent, check_event_folder, write_event
-from lightning_influence.io.manifest import analysis_arguments, build_manifest, scoring_arguments
+from lightning_influence.io.manifest import analysis_arguments, build_manifest
 from lightning_influence.io.shards import read_scores
 from lightning_influence.lightning.loaders import LoaderParts, loader_parts, ordered_loader
 from lightning_influence.lightning.loggers import log_event
@@ -162,7 +162,7 @@ def run_analysis(
     arguments = analysis_arguments(config, loss_fn)
     root = Path(root)
     folder = root / f"epoch={int(epoch)}-step={int(step)}"
-    runtime.agree(lambda: check_event_folder(folder, scoring_arguments(arguments)))
+    runtime.agree(lambda: check_event_folder(folder, arguments))
 
     streamed = folder / "scores" if config.shard_batches else None
     wall = time.perf_counter()

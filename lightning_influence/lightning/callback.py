@@ -18,20 +18,22 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_influence.config import AnalysisConfig, ConfigurationError, Curvature
-from lightning_influence.core.hvp import HVPMode
-from lightning_influence.core.parameters import ParamSelector, select_parameters
-from lightning_influence.core.projection import ProjectionMode
-from lightning_influence.core.scores import EigenvaluePolicy
+from lightning_influence.config import (
+    AnalysisConfig,
+    ConfigurationError,
+    field_names,
+    with_overrides,
+)
+from lightning_influence.core.parameters import select_parameters
 from lightning_influence.io.events import ScoringEvent
-from lightning_influence.io.manifest import SCHEDULE_FIELDS, analysis_arguments, analysis_name
+from lightning_influence.io.manifest import analysis_arguments, analysis_name
 from lightning_influence.lightning.analysis import Trigger, run_analysis
 from lightning_influence.lightning.namespaces import MisconfigurationException, bases
 from lightning_influence.lightning.runtime import Runtime
@@ -45,7 +47,6 @@ __all__ = ["InfluenceCallback"]
 
 # 2: events carry a uid; the state names the analysis and the last trained (epoch, step).
 _STATE_VERSION = 2
-_D = AnalysisConfig  # the single source of every default below
 
 
 class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
@@ -64,18 +65,18 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
     Args:
         loss_fn: per-example losses of a training batch (``reduction="none"``); e.g.
             ``lightning_influence.losses.cross_entropy_loss`` for ``(inputs, class-index targets)``.
+        config: every argument of the analysis, an ``AnalysisConfig`` (``AnalysisConfig.fast()``,
+            say); None: the defaults. In a LightningCLI YAML file it is a nested mapping
+            (``config: {n_iters: 100, top_k: 50}``).
         name: names this analysis: its folder ``<dirpath>/<name>/`` and its checkpoint
-            ``state_key``. None: ``arnoldi-<hash>``, a short hash of every argument, so callbacks
-            with other arguments never share a folder. Writing into an event folder made with
-            other arguments is refused.
-        every_n_epochs, at_train_end, n_iters, top_k, hvp_samples, seed, params, eigenvalue_policy,
-            projection, hvp_mode, curvature, batch_size, num_workers, on_error, log_top_n,
-            max_events, shard_batches: the ``AnalysisConfig`` fields of the same names (defaults
-            and meaning documented there).
+            ``state_key``. None: ``arnoldi-<hash>``, a short hash of the result arguments that
+            differ from the defaults, so callbacks with other arguments never share a folder.
+            Writing into an event folder made with other arguments is refused.
         dirpath: where the analysis' folder goes; None: ``<trainer.log_dir>/influence``.
         progress: progress bars during fit and scoring; None follows the trainer's progress bar.
-        **engine_kwargs: further ``ArnoldiConfig`` fields (``damping``, ``eigenvalue_rtol``,
-            ``basis_device``, ``basis_dtype``, ``compute_dtype``, ``example_chunk``, ...).
+        **overrides: ``AnalysisConfig`` fields replacing those of ``config`` (``n_iters=100``,
+            ``top_k=50``, ``every_n_epochs=5``, ...): the same names everywhere, documented on
+            ``AnalysisConfig``.
 
     Attributes:
         config: the ``AnalysisConfig`` (validated at construction).
@@ -84,10 +85,11 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
 
     Example::
 
-        from lightning_influence import InfluenceCallback
+        from lightning_influence import AnalysisConfig, InfluenceCallback
         from lightning_influence.losses import cross_entropy_loss
 
         callback = InfluenceCallback(cross_entropy_loss, every_n_epochs=5, n_iters=100, top_k=50)
+        # or: InfluenceCallback(cross_entropy_loss, AnalysisConfig.fast(), every_n_epochs=5)
         trainer = pl.Trainer(max_epochs=20, callbacks=[callback])
         trainer.fit(model, datamodule)
         callback.latest_scores_frame().nlargest(20, "self_influence")  # likely mislabeled
@@ -96,28 +98,12 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
     def __init__(
         self,
         loss_fn: LossFn | None = None,
+        config: AnalysisConfig | None = None,
         *,
         name: str | None = None,
-        every_n_epochs: int = _D.every_n_epochs,
-        at_train_end: bool = _D.at_train_end,
-        n_iters: int = _D.n_iters,
-        top_k: int = _D.top_k,
-        hvp_samples: int | None = _D.hvp_samples,
-        seed: int = _D.seed,
-        params: ParamSelector = None,
-        eigenvalue_policy: EigenvaluePolicy = _D.eigenvalue_policy,
-        projection: ProjectionMode = _D.projection,
-        hvp_mode: HVPMode = _D.hvp_mode,
-        curvature: Curvature = _D.curvature,
-        batch_size: int | None = _D.batch_size,
-        num_workers: int = _D.num_workers,
         dirpath: str | os.PathLike | None = None,
-        on_error: Literal["warn", "raise"] = _D.on_error,
-        log_top_n: int = _D.log_top_n,
-        max_events: int | None = _D.max_events,
-        shard_batches: int | None = _D.shard_batches,
         progress: bool | None = None,
-        **engine_kwargs: Any,
+        **overrides: Any,
     ) -> None:
         super().__init__()
         if loss_fn is not None and not callable(loss_fn):
@@ -125,35 +111,24 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 f"loss_fn={loss_fn!r} is not callable: pass loss_fn(model, batch) -> Tensor[B], or "
                 "leave it None and define influence_loss(self, batch) on the LightningModule"
             )
-        try:
-            config = AnalysisConfig(
-                every_n_epochs=every_n_epochs,
-                at_train_end=at_train_end,
-                n_iters=n_iters,
-                top_k=top_k,
-                hvp_samples=hvp_samples,
-                seed=seed,
-                params=params,
-                eigenvalue_policy=eigenvalue_policy,
-                projection=projection,
-                hvp_mode=hvp_mode,
-                curvature=curvature,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                on_error=on_error,
-                log_top_n=log_top_n,
-                max_events=max_events,
-                shard_batches=shard_batches,
-                progress=True if progress is None else progress,
-                **engine_kwargs,
+        if config is not None and not isinstance(config, AnalysisConfig):
+            raise TypeError(
+                f"config={config!r} is not an AnalysisConfig: pass "
+                "lightning_influence.AnalysisConfig(...), or its fields as keywords"
             )
+        if "progress" in overrides:
+            raise TypeError("progress is an argument of InfluenceCallback, not an override")
+        try:
+            config = with_overrides(AnalysisConfig, config, overrides)
         except TypeError as err:
             if "unexpected keyword argument" not in str(err):
                 raise
             raise TypeError(
-                f"InfluenceCallback: {err}; further options are the fields of "
+                f"InfluenceCallback: {err}; the options are the fields of "
                 "lightning_influence.AnalysisConfig"
             ) from None
+        if progress is not None and config.progress != progress:
+            config = dataclasses.replace(config, progress=progress)
         self.config = config
         self.loss_fn = loss_fn
         self.arguments = analysis_arguments(config, loss_fn)
@@ -167,21 +142,6 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         # that step, whichever hook asks (an epoch end, train end, or analyze() after a stop).
         self._last_trained: tuple[int, int] | None = None
 
-    @classmethod
-    def from_config(
-        cls,
-        config: AnalysisConfig,
-        loss_fn: LossFn | None = None,
-        *,
-        name: str | None = None,
-        dirpath: str | os.PathLike | None = None,
-        progress: bool | None = None,
-    ) -> InfluenceCallback:
-        """A callback running ``config`` (e.g. ``AnalysisConfig.fast()``)."""
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        fields.pop("progress")
-        return cls(loss_fn, name=name, dirpath=dirpath, progress=progress, **fields)
-
     # -- public API ------------------------------------------------------------------------------
     @property
     def latest_event(self) -> ScoringEvent | None:
@@ -193,7 +153,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
     def state_key(self) -> str:
         # The folder's name plus the schedule: two callbacks that compute the same events on
         # other epochs keep their own state.
-        schedule = {k: self.arguments[k] for k in SCHEDULE_FIELDS}
+        schedule = {k: self.arguments[k] for k in field_names(AnalysisConfig, "schedule")}
         return self._generate_state_key(name=self.name, **schedule)
 
     def latest_scores(self) -> Tensor:

@@ -38,7 +38,7 @@ from torch.utils.data import (
 )
 from typing_extensions import override
 
-from lightning_influence.config import CombineMode, PruneMode, PruningConfig
+from lightning_influence.config import PruneMode, PruningConfig, with_overrides
 from lightning_influence.io.events import EventSource, ScoringEvent, load_events
 from lightning_influence.io.plan_files import write_plan
 from lightning_influence.lightning.callback import InfluenceCallback
@@ -53,7 +53,6 @@ from lightning_influence.pruning.plan import SamplingPlan, plan_events, plan_for
 __all__ = ["InfluenceDataModule", "PruneMode"]
 
 LabelsArg = Tensor | Sequence[int] | Callable[[Dataset], Any] | None
-_D = PruningConfig  # the single source of every default below
 
 
 class InfluenceDataModule(DelegatingDataModule):
@@ -91,8 +90,8 @@ class InfluenceDataModule(DelegatingDataModule):
 
     Args:
         datamodule: the LightningDataModule to wrap; its hooks, loaders and state keep working.
-        mode, fraction, start_epoch, max_dropped, cumulative, combine, min_per_class, temperature,
-            floor, seed, write_files: the ``PruningConfig`` fields of the same names.
+        config: what is dropped or down-weighted, a ``PruningConfig``; None: the defaults. In a
+            LightningCLI YAML file it is a nested mapping (``config: {fraction: 0.2}``).
         labels: the class of every training example, to log per-class counts and never drop a
             class below ``min_per_class``: a ``[N]`` tensor or sequence, or a function
             ``dataset -> [N]`` called on the training dataset.
@@ -101,6 +100,8 @@ class InfluenceDataModule(DelegatingDataModule):
         known_noise: for experiments with injected noise: ``[N]`` bool, True for the examples
             known to be mislabeled (or a function ``dataset -> [N]``); the loggers then get the
             precision and recall of the dropped set against it.
+        **overrides: ``PruningConfig`` fields replacing those of ``config`` (``mode="drop"``,
+            ``fraction=0.2``, ...), documented on ``PruningConfig``.
 
     Attributes:
         config: the ``PruningConfig``.
@@ -121,35 +122,27 @@ class InfluenceDataModule(DelegatingDataModule):
     def __init__(
         self,
         datamodule: AnyLightningDataModule,
-        mode: PruneMode = _D.mode,
-        fraction: float = _D.fraction,
+        config: PruningConfig | None = None,
         *,
-        start_epoch: int = _D.start_epoch,
-        max_dropped: int | float | None = _D.max_dropped,
-        cumulative: bool = _D.cumulative,
-        combine: CombineMode = _D.combine,
         labels: LabelsArg = None,
-        min_per_class: int = _D.min_per_class,
-        temperature: float = _D.temperature,
-        floor: float = _D.floor,
         scores: EventSource | Sequence[EventSource] | None = None,
         known_noise: LabelsArg = None,
-        seed: int | None = _D.seed,
-        write_files: bool = _D.write_files,
+        **overrides: Any,
     ) -> None:
-        config = PruningConfig(
-            mode=mode,
-            fraction=fraction,
-            start_epoch=start_epoch,
-            max_dropped=max_dropped,
-            cumulative=cumulative,
-            combine=combine,
-            min_per_class=min_per_class,
-            temperature=temperature,
-            floor=floor,
-            seed=seed,
-            write_files=write_files,
-        )
+        if config is not None and not isinstance(config, PruningConfig):
+            raise TypeError(
+                f"config={config!r} is not a PruningConfig: pass "
+                "lightning_influence.PruningConfig(...), or its fields as keywords"
+            )
+        try:
+            config = with_overrides(PruningConfig, config, overrides)
+        except TypeError as err:
+            if "unexpected keyword argument" not in str(err):
+                raise
+            raise TypeError(
+                f"InfluenceDataModule: {err}; the options are the fields of "
+                "lightning_influence.PruningConfig"
+            ) from None
         super().__init__(datamodule)
         self.config = config
         self.labels_arg = labels

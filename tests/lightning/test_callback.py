@@ -630,13 +630,17 @@ def test_state_version_is_checked():
     assert callback.latest_event.uid and callback.latest_event.global_step == 5
 
 
-def test_from_config_and_defaults_come_from_the_config():
+def test_a_config_object_plus_overrides_and_defaults_from_the_config():
     from lightning_influence import AnalysisConfig
 
     fast = AnalysisConfig.fast(top_k=20)
-    callback = InfluenceCallback.from_config(fast, cross_entropy_loss)
-    assert callback.config == fast
+    assert InfluenceCallback(cross_entropy_loss, fast).config == fast
+    callback = InfluenceCallback(cross_entropy_loss, fast, every_n_epochs=3)
+    assert callback.config.every_n_epochs == 3 and callback.config.top_k == 20
+    assert fast.every_n_epochs == 1  # the caller's config is not changed
     assert InfluenceCallback(cross_entropy_loss).config == AnalysisConfig()
+    with pytest.raises(TypeError, match="not an AnalysisConfig"):
+        InfluenceCallback(cross_entropy_loss, {"n_iters": 3})
 
 
 def test_sharded_strategies_are_refused_with_the_way_out():

@@ -26,12 +26,14 @@ trainer:
     - class_path: lightning_influence.InfluenceCallback
       init_args:
         loss_fn: lightning_influence.losses.cross_entropy_loss
-        every_n_epochs: 1
-        n_iters: 12
-        top_k: 5
-        hvp_samples: 24
-        params: [net.3]
-        eigenvalue_policy: positive
+        config:
+          every_n_epochs: 1
+          n_iters: 12
+          top_k: 5
+          hvp_samples: 24
+          params: [net.3]
+          eigenvalue_policy: positive
+          hvp_cache: true
         dirpath: {root}/influence
 model:
   class_path: tests.cli.models.TinyClassifier
@@ -44,9 +46,10 @@ data:
       class_path: tests.cli.models.TinyData
       init_args:
         image: true
-    mode: drop
-    fraction: 0.2
-    combine: normalized_sum
+    config:
+      mode: drop
+      fraction: 0.2
+      combine: normalized_sum
 """
 
 
@@ -56,7 +59,7 @@ def test_callback_and_datamodule_from_a_lightningcli_config(tmp_path):
 
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(root=tmp_path))
-    assert yaml.safe_load(config.read_text())["data"]["init_args"]["fraction"] == 0.2
+    assert yaml.safe_load(config.read_text())["data"]["init_args"]["config"]["fraction"] == 0.2
     cli = LightningCLI(
         LightningModule,
         LightningDataModule,
@@ -70,10 +73,11 @@ def test_callback_and_datamodule_from_a_lightningcli_config(tmp_path):
     assert isinstance(cli.datamodule, InfluenceDataModule)
     assert cli.datamodule.config.combine == "normalized_sum"
     assert callback.config.params == ["net.3"] and callback.config.eigenvalue_policy == "positive"
+    assert callback.config.hvp_cache  # an execution field: reachable like every other
     # the same arguments in Python name the same analysis
     same = InfluenceCallback(
         cross_entropy_loss, n_iters=12, top_k=5, hvp_samples=24, params=["net.3"],
-        eigenvalue_policy="positive",
+        eigenvalue_policy="positive", hvp_cache=True,
     )  # fmt: skip
     assert callback.name == same.name
 
@@ -84,3 +88,20 @@ def test_callback_and_datamodule_from_a_lightningcli_config(tmp_path):
     ]  # epoch 1: 32 kept, 4 batches
     assert (tmp_path / "influence" / callback.name / "epoch=1-step=9" / "manifest.json").is_file()
     assert int((~cli.datamodule.keep_mask).sum()) == 8  # 20% of 40, dropped after the first event
+
+
+def test_every_config_field_is_an_option_of_the_callback_and_the_datamodule():
+    import dataclasses
+
+    from jsonargparse import ArgumentParser
+
+    from lightning_influence import AnalysisConfig, PruningConfig
+
+    changed = {"n_iters": 30, "top_k": 7, "hvp_cache": True, "every_n_epochs": 3, "fraction": 0.3}
+    for cls, config_cls in ((InfluenceCallback, AnalysisConfig), (InfluenceDataModule, PruningConfig)):
+        fields = {f.name: getattr(config_cls(), f.name) for f in dataclasses.fields(config_cls)}
+        fields.update({k: v for k, v in changed.items() if k in fields})
+        parser = ArgumentParser()
+        parser.add_class_arguments(cls, "x", skip={"datamodule"})
+        parsed = parser.parse_object({"x": {"config": fields}})
+        assert dict(vars(parsed.x.config.init_args)) == fields, cls.__name__  # every field
