@@ -239,8 +239,9 @@ trainer:
     - class_path: lightning_influence.InfluenceCallback
       init_args:
         loss_fn: lightning_influence.losses.cross_entropy_loss
-        n_iters: 6
-        top_k: 3
+        config:
+          n_iters: 6
+          top_k: 3
         dirpath: {root}
 model:
   class_path: {module}.Tiny
@@ -249,7 +250,8 @@ data:
   init_args:
     datamodule:
       class_path: {module}.Data
-    fraction: 0.25
+    config:
+      fraction: 0.25
 """
 
 
