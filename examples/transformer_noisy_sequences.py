@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_influence import InfluenceCallback, latest_event_dir, read_event
+from lightning_influence import InfluenceCallback, read_event
+from lightning_influence.io import latest_event_dir
 from lightning_influence.losses import cross_entropy_loss
 
 PAD = 0  # the padding token of inputs and targets; never a real token

@@ -1,12 +1,13 @@
 """lightning-influence: Arnoldi influence functions for PyTorch and PyTorch Lightning.
 
-Find the training examples most responsible for a prediction, and the noisy or mislabeled ones
-(high self-influence), with the method of Schioppa et al., "Scaling Up Influence Functions"
-(AAAI 2022).
+Find the training examples most responsible for a prediction, and the noisy or mislabeled ones,
+with the method of Schioppa et al., "Scaling Up Influence Functions" (AAAI 2022).
 
+The names below are the public API; the README teaches each of them. The maths (HVPs, Arnoldi,
+projections, the score formulas) is the documented namespace ``lightning_influence.core``.
 The package's layout, from the bottom up:
 
-* ``core``: pure torch maths (HVPs, Arnoldi, projections, score formulas); no Lightning.
+* ``core``: pure torch maths; no Lightning.
 * ``engines``: ``ArnoldiInfluence`` and the baselines (RandProj, TracIn); no Lightning.
 * ``config``, ``losses``, ``pruning``, ``io``: arguments as data, per-example losses, the pruning
   maths, and files; no Lightning.
@@ -17,31 +18,26 @@ Importing this package (or ``core``, ``engines``) does not import Lightning: the
 are imported on first use.
 """
 
+import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from lightning_influence import _moved
+from lightning_influence import core, losses
 from lightning_influence.config import (
     AnalysisConfig,
     ArnoldiConfig,
     ConfigurationError,
     PruningConfig,
-    RandomProjectionConfig,
-    ScoringConfig,
 )
-from lightning_influence.core.arnoldi import ArnoldiResult, Eigenpairs, arnoldi, distill
-from lightning_influence.core.scores import inverse_eigenvalues
 from lightning_influence.engines import (
     ArnoldiInfluence,
     RandomProjectionInfluence,
-    TopInfluences,
     TracInInfluence,
 )
-from lightning_influence.io.events import ScoringEvent, latest_event_dir, read_event, write_event
-from lightning_influence.losses import cross_entropy_loss, mse_loss
+from lightning_influence.io.events import ScoringEvent, load_event, read_event
+from lightning_influence.io.shards import read_scores
 
 __version__ = "0.2.0.dev0"
-
-_moved.install()
 
 if TYPE_CHECKING:
     from lightning_influence.lightning.callback import InfluenceCallback
@@ -52,13 +48,35 @@ _LIGHTNING = {
     "InfluenceDataModule": "lightning_influence.lightning.datamodule",
 }
 
+# Names the top level exported before 0.2 and where they live now; served with a warning.
+_MOVED = {
+    "ArnoldiResult": "lightning_influence.core",
+    "Eigenpairs": "lightning_influence.core",
+    "arnoldi": "lightning_influence.core",
+    "distill": "lightning_influence.core",
+    "inverse_eigenvalues": "lightning_influence.core",
+    "RandomProjectionConfig": "lightning_influence.config",
+    "ScoringConfig": "lightning_influence.config",
+    "TopInfluences": "lightning_influence.engines",
+    "latest_event_dir": "lightning_influence.io",
+    "write_event": "lightning_influence.io",
+    "cross_entropy_loss": "lightning_influence.losses",
+    "mse_loss": "lightning_influence.losses",
+}
+
 
 def __getattr__(name: str) -> Any:
     # The Lightning layer is imported on first use: the engine works without importing Lightning.
     if name in _LIGHTNING:
-        import importlib
-
         return getattr(importlib.import_module(_LIGHTNING[name]), name)
+    if name in _MOVED:
+        warnings.warn(
+            f"lightning_influence.{name} moved to {_MOVED[name]}.{name}; import it from there "
+            "(the top level keeps the names the README teaches)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -66,25 +84,17 @@ __all__ = [
     "AnalysisConfig",
     "ArnoldiConfig",
     "ArnoldiInfluence",
-    "ArnoldiResult",
     "ConfigurationError",
-    "Eigenpairs",
     "InfluenceCallback",
     "InfluenceDataModule",
     "PruningConfig",
-    "RandomProjectionConfig",
     "RandomProjectionInfluence",
-    "ScoringConfig",
     "ScoringEvent",
-    "TopInfluences",
     "TracInInfluence",
     "__version__",
-    "arnoldi",
-    "cross_entropy_loss",
-    "distill",
-    "inverse_eigenvalues",
-    "latest_event_dir",
-    "mse_loss",
+    "core",
+    "load_event",
+    "losses",
     "read_event",
-    "write_event",
+    "read_scores",
 ]

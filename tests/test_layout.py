@@ -1,10 +1,10 @@
 """The package's layout holds: the core and engines know nothing of Lightning, the public API is
-complete, and the old import paths still work (with a DeprecationWarning)."""
+small and complete, and importing it has no side effects."""
 
 import importlib
 import subprocess
 import sys
-import warnings
+from pathlib import Path
 
 import pytest
 
@@ -34,21 +34,39 @@ def test_every_public_name_resolves():
             assert hasattr(module, name), f"{package}.{name}"
 
 
+def test_the_top_level_is_small_and_taught():
+    # the issue's bound: what the README teaches, no more than 16 names
+    assert len(lightning_influence.__all__) <= 16
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in lightning_influence.__all__:
+        assert name in readme, f"{name} is exported but the README never teaches it"
+
+
+def test_no_import_hook_and_no_side_effects_on_import():
+    before = list(sys.meta_path)
+    importlib.reload(lightning_influence)
+    assert sys.meta_path == before
+    # the demo's __main__ runs nothing when imported
+    code = "import lightning_influence.demo.__main__"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert result.returncode == 0 and not result.stdout
+
+
+def test_the_old_module_paths_are_gone_and_the_function_arnoldi_is_not_shadowed():
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("lightning_influence.callback")
+    assert callable(lightning_influence.core.arnoldi)
+
+
 @pytest.mark.parametrize(
-    ("old", "name", "new"),
+    ("name", "new"),
     [
-        ("callback", "InfluenceCallback", "lightning_influence.lightning.callback"),
-        ("results", "read_event", "lightning_influence.io.events"),
-        ("baselines", "TracInInfluence", "lightning_influence.engines.tracin"),
-        ("baselines", "RandomProjectionConfig", "lightning_influence.config"),
-        ("scores", "inverse_eigenvalues", "lightning_influence.core.scores"),
-        ("sampler", "SamplingPlan", "lightning_influence.pruning.plan"),
+        ("arnoldi", "lightning_influence.core"),
+        ("cross_entropy_loss", "lightning_influence.losses"),
+        ("write_event", "lightning_influence.io"),
     ],
 )
-def test_old_import_paths_warn_and_work(old, name, new):
-    sys.modules.pop(f"lightning_influence.{old}", None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        module = importlib.import_module(f"lightning_influence.{old}")
-    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
-    assert getattr(module, name) is getattr(importlib.import_module(new), name)
+def test_names_that_left_the_top_level_warn_and_work(name, new):
+    with pytest.warns(DeprecationWarning, match=new):
+        value = getattr(lightning_influence, name)
+    assert value is getattr(importlib.import_module(new), name)

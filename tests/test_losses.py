@@ -98,7 +98,7 @@ def test_loss_names_are_the_same_in_every_process():
     assert loss_name(partial) == "lightning_influence.losses.cross_entropy_loss(ignore_index=0)"
     assert "0x" not in loss_name(lambda m, b: 0) and "0x" not in loss_name(torch.nn.MSELoss())
     code = (
-        "import functools; from lightning_influence import InfluenceCallback, cross_entropy_loss; "
+        "import functools; from lightning_influence import InfluenceCallback; from lightning_influence.losses import cross_entropy_loss; "
         "print(InfluenceCallback(functools.partial(cross_entropy_loss, ignore_index=0)).name)"
     )
     names = {

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_influence import latest_event_dir, read_event
+from lightning_influence import read_event
+from lightning_influence.io import latest_event_dir
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "transformer_noisy_sequences.py"
 SUBSETS = ("all", "last-block")
