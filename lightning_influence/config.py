@@ -53,7 +53,6 @@ __all__ = [
     "field_names",
 ]
 
-Curvature = Literal["hessian", "ggn"]
 Role = Literal["result", "execution", "schedule", "display"]
 ROLES: tuple[str, ...] = typing.get_args(Role)
 
@@ -115,7 +114,10 @@ def field_choices(cls: type, name: str) -> tuple[Any, ...] | None:
     if literal is not None:
         return literal
     meta = next(f for f in dataclasses.fields(cls) if f.name == name).metadata
-    return tuple(meta["choices"]) if "choices" in meta else None
+    choices = meta.get("choices")
+    if callable(choices):  # a registry, read when asked (plugins register on import)
+        choices = choices()
+    return None if choices is None else tuple(choices)
 
 
 def _literal(cls: type, name: str) -> tuple[Any, ...] | None:
@@ -162,6 +164,18 @@ def _int(name: str, value: Any, minimum: int, hint: str, optional: bool = False)
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum} ({hint})")
+
+
+def _curvatures() -> tuple[str, ...]:
+    from lightning_influence.core.curvature import curvature_names
+
+    return curvature_names()
+
+
+def _solvers() -> tuple[str, ...]:
+    from lightning_influence.core.solvers import solver_names
+
+    return ("auto", *solver_names())
 
 
 def _help(text: str, role: Role = "result", **extra: Any) -> dict[str, Any]:
@@ -245,11 +259,22 @@ class ArnoldiConfig(ScoringConfig):
             "'fwd-rev', 'rev-rev' or 'auto' (rev-rev on XLA, fwd-rev elsewhere).", "execution"
         ),
     )
-    curvature: Curvature = field(
+    curvature: str = field(
         default="hessian",
         metadata=_help(
-            "'hessian' or 'ggn' (the Gauss-Newton matrix: positive semi-definite for convex "
-            "losses of the outputs; the loss must call the model once per batch)."
+            "a registered curvature (lightning_influence.core.curvature): 'hessian' or 'ggn' "
+            "(the Gauss-Newton matrix: positive semi-definite for convex losses of the outputs; "
+            "the loss must call the model once per batch).",
+            choices=_curvatures,
+        ),
+    )
+    solver: str = field(
+        default="auto",
+        metadata=_help(
+            "a registered eigensolver (lightning_influence.core.solvers): 'arnoldi' (n_iters "
+            "products, the paper's method), 'lanczos' (thick restart to restart_tol, a basis of "
+            "n_iters vectors), or 'auto' ('lanczos' when restart_tol is set, else 'arnoldi').",
+            choices=_solvers,
         ),
     )
     basis_device: str | None = field(
@@ -298,11 +323,10 @@ class ArnoldiConfig(ScoringConfig):
     restart_tol: float | None = field(
         default=None,
         metadata=_help(
-            "None: n_iters Arnoldi iterations (the paper's method). A number: thick-restart "
-            "Lanczos with a basis of at most n_iters vectors, restarted until every one of the "
-            "top_k pairs has ||H e - lambda e|| <= restart_tol |lambda| or 10 n_iters products "
-            "are spent (a symmetric H: the Hessian or the GGN; in-memory basis of at least "
-            "float32; not on XLA)."
+            "the relative residual of solver='lanczos': restart until every one of the top_k "
+            "pairs has ||H e - lambda e|| <= restart_tol |lambda| or 10 n_iters products are "
+            "spent (a symmetric H: the Hessian or the GGN; in-memory basis of at least float32; "
+            "not on XLA). With solver='auto', a number selects 'lanczos' and None 'arnoldi'."
         ),
     )
 
@@ -315,24 +339,31 @@ class ArnoldiConfig(ScoringConfig):
                 f"top_k={self.top_k} exceeds n_iters={self.n_iters}: Arnoldi can return at most "
                 "n_iters eigenpairs; raise n_iters or lower top_k"
             )
-        if self.restart_tol is not None:
-            if not 0 < self.restart_tol < 1:
-                raise ValueError(
-                    f"restart_tol={self.restart_tol} must be in (0, 1): it is a residual "
-                    "relative to |lambda| (1e-2 is a good start); None runs plain Arnoldi"
-                )
+        from lightning_influence.core.curvature import supports_cache
+        from lightning_influence.core.solvers import residual_controlled
+
+        _choice("solver", self.solver, _solvers())
+        _choice("curvature", self.curvature, _curvatures())
+        if self.restart_tol is not None and not 0 < self.restart_tol < 1:
+            raise ValueError(
+                f"restart_tol={self.restart_tol} must be in (0, 1): it is a residual "
+                "relative to |lambda| (1e-2 is a good start); None runs plain Arnoldi"
+            )
+        if residual_controlled(self.resolved_solver):
             if self.n_iters < self.top_k + 2:
                 raise ValueError(
-                    f"restart_tol needs n_iters >= top_k + 2 = {self.top_k + 2} (n_iters is the "
-                    f"basis size, got {self.n_iters}); about 1.5 to 2 x top_k works well"
+                    f"solver={self.resolved_solver!r} needs n_iters >= top_k + 2 = "
+                    f"{self.top_k + 2} (n_iters is the basis size, got {self.n_iters}); about "
+                    "1.5 to 2 x top_k works well"
                 )
             if self.basis_file is not None:
                 raise ValueError(
-                    "restart_tol rewrites its basis in memory at every restart, so basis_file is "
-                    "not supported with it: pass basis_file=None, or restart_tol=None"
+                    f"solver={self.resolved_solver!r} rewrites its basis in memory at every "
+                    "restart, so basis_file is not supported with it: pass basis_file=None, or "
+                    "solver='arnoldi'"
                 )
         parse_dtype(self.basis_dtype, "basis_dtype")
-        if self.hvp_cache and self.curvature != "hessian":
+        if self.hvp_cache and not supports_cache(self.curvature):
             raise ValueError(
                 f"hvp_cache=True caches Hessian products, not curvature={self.curvature!r}: "
                 "pass hvp_cache=False, or curvature='hessian'"
@@ -341,6 +372,14 @@ class ArnoldiConfig(ScoringConfig):
             raise ValueError(
                 "hvp_cache=True keeps the HVP sample's graphs, so it needs cache_batches=True"
             )
+
+    @property
+    def resolved_solver(self) -> str:
+        """The solver ``solver`` names: ``"auto"`` is ``"lanczos"`` when ``restart_tol`` is set,
+        else ``"arnoldi"``."""
+        if self.solver != "auto":
+            return self.solver
+        return "lanczos" if self.restart_tol is not None else "arnoldi"
 
 
 @dataclass

@@ -22,7 +22,7 @@ throughput, an MLP on the same digits (64-128-128-10, 26,122 parameters).
    Reported: relative eigenvalue error (median and max over the top 10 and the top 100), AUC and
    AP of the self-influence ``sum_i <e_i, g_x>^2 / |lambda_i|`` of all 1,500 examples, and the
    CPU seconds of the 200 products.
-4. **Block Arnoldi** (``core.arnoldi.block_arnoldi`` over the cached ``matmat``) on the full
+4. **Block Arnoldi** (``experimental.block_arnoldi`` over the cached ``experimental.matmat``) on the full
    sample with b in {1, 4, 8} and the same 200 products: CPU seconds and the same errors and AP.
 
 Run: ``PYTHONPATH=. python examples/benchmarks/speed.py [--quick] [--out DIR]`` (about 4 CPU
@@ -59,12 +59,13 @@ from _common import (
 from digits import build_cnn, load_data, train
 
 from lightning_influence import ArnoldiInfluence
-from lightning_influence.core.arnoldi import arnoldi, block_arnoldi, distill
+from lightning_influence.core.arnoldi import arnoldi, distill
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import make_functional_loss
 from lightning_influence.core.hvp import DatasetHessian
 from lightning_influence.core.parameters import ParameterSpace, select_parameters
 from lightning_influence.core.projection import per_example_gradients
+from lightning_influence.experimental import block_arnoldi, distill_block, matmat
 
 BATCH = 256
 PRODUCT_COLUMNS = ["model", "params", "method", "b", "s/product", "products/s", "speed-up"]
@@ -172,12 +173,12 @@ def throughput(label: str, model: nn.Module, x: Tensor, y: Tensor, blocks, repea
             cache_MiB=nbytes / 2**20,
         )
         reference = torch.stack([plain(v) for v in V[:4]])
-        err_cached = float((cached.matmat(V[:4]) - reference).norm() / reference.norm())
-        err_block = float((plain.matmat(V[:4]) - reference).norm() / reference.norm())
+        err_cached = float((matmat(cached, V[:4]) - reference).norm() / reference.norm())
+        err_block = float((matmat(plain, V[:4]) - reference).norm() / reference.norm())
         for b in blocks:
-            add("matmat (vmap)", b, per_product(lambda b=b: plain.matmat(V[:b]), b, repeats))
+            add("matmat (vmap)", b, per_product(lambda b=b: matmat(plain, V[:b]), b, repeats))
         for b in blocks:
-            add("matmat, cached", b, per_product(lambda b=b: cached.matmat(V[:b]), b, repeats))
+            add("matmat, cached", b, per_product(lambda b=b: matmat(cached, V[:b]), b, repeats))
         cached.clear_cache()
     return rows, {"cached_vs_default_rel_err": err_cached, "matmat_vs_default_rel_err": err_block}
 
@@ -276,14 +277,14 @@ def sample_sizes(model, x, y, flipped, sizes, n: int, p: int, seed: int, timer: 
                 else:
                     gen = torch.Generator().manual_seed(0)
                     block = torch.randn(b, dim, generator=gen, dtype=torch.float64).float()
-                    result = block_arnoldi(op.matmat, block, n // b)
+                    result = block_arnoldi(lambda V, op=op: matmat(op, V), block, n // b)
             op.clear_cache()
             block_rows.append(
                 {
                     "b": b,
                     "products": result.iterations,
                     "arnoldi_s": timer.seconds["arnoldi"],
-                    **evaluate(distill(result, p)),
+                    **evaluate(distill(result, p) if b == 1 else distill_block(result, p)),
                 }
             )
         for m in sizes:
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"## 4. Block Arnoldi on the full sample (CNN, {args.n_iters} products, cached matmat)",
         "",
         "b=1 is the engine's Arnoldi (one vector per product); b > 1: ``block_arnoldi`` over "
-        "``DatasetHessian.matmat`` with block CGS2, n/b blocks of b. Errors against the same "
+        "``experimental.matmat`` with block CGS2, n/b blocks of b. Errors against the same "
         "ARPACK reference as section 3.",
         "",
         markdown_table(

@@ -16,7 +16,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["ArnoldiResult", "Eigenpairs", "NonFiniteError", "arnoldi", "block_arnoldi", "distill"]
+__all__ = [
+    "ArnoldiResult",
+    "Eigenpairs",
+    "NonFiniteError",
+    "arnoldi",
+    "distill",
+    "ritz_values",
+    "ritz_vectors",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -37,8 +45,8 @@ class ArnoldiResult(NamedTuple):
         iterations: m, the number of products done (fewer than asked after a breakdown).
         breakdown: whether the Krylov space became invariant before ``n_iters``.
         reorthogonalized: how many iterations needed a second Gram-Schmidt pass over the basis
-            (``arnoldi``: see its docstring; every iteration of a static-shape run and of
-            ``block_arnoldi`` does two, counted here).
+            (``arnoldi``: see its docstring; every iteration of a static-shape run does two,
+            counted here).
     """
 
     basis: Tensor
@@ -286,25 +294,32 @@ def distill(
         out_dtype: dtype of the eigenvectors (default: the work dtype of the basis).
     """
     m = result.iterations
+    evals, evecs = ritz_values(result.hessenberg[:m, :m], top_k)
+    beta = result.hessenberg[m, m - 1] if result.hessenberg.shape[0] > m else torch.tensor(0.0)
+    residuals = (beta * evecs[m - 1, :]).abs()
+    vectors = ritz_vectors(result.basis[:m], evecs, out_dtype)
+    return Eigenpairs(eigenvalues=evals, eigenvectors=vectors, residuals=residuals)
+
+
+def ritz_values(square: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """The ``top_k`` eigenpairs of largest ``|lambda|`` of the symmetrized projected matrix
+    ``(T + T^T) / 2`` (``[m, m]``, float64): eigenvalues ``[k]`` and coefficients ``[m, k]``."""
     if top_k < 1:
         raise ValueError(f"top_k={top_k} must be at least 1")
-    k = min(top_k, m)
-    square = result.hessenberg[:m, :m]
+    k = min(top_k, square.shape[0])
     sym = (square + square.T) / 2
     evals, evecs = torch.linalg.eigh(sym)
     # Stable sort on |lambda| (ties keep ascending eigh order) for reproducibility.
     order = torch.sort(evals.abs(), descending=True, stable=True).indices[:k]
-    evals, evecs = evals[order], evecs[:, order]
-    if result.hessenberg.shape[0] > m + 1:
-        # a block result (block_arnoldi): A Q_m^T u - lambda Q_m^T u = Q_new^T (H[m:, :m] u)
-        residuals = (result.hessenberg[m:, :m] @ evecs).norm(dim=0)
-    else:
-        beta = result.hessenberg[m, m - 1] if result.hessenberg.shape[0] > m else torch.tensor(0.0)
-        residuals = (beta * evecs[m - 1, :]).abs()
+    return evals[order], evecs[:, order]
 
-    basis = result.basis[:m]
+
+def ritz_vectors(basis: Tensor, coefficients: Tensor, out_dtype: torch.dtype | None) -> Tensor:
+    """``[k, P]`` unit Ritz vectors ``Q^T u_i`` of the basis rows ``Q`` (``[m, P]``) and the
+    coefficients ``[m, k]``, each with its largest-magnitude entry positive."""
+    m, k = basis.shape[0], coefficients.shape[1]
     work = _work_dtype(basis.dtype)
-    coeffs = evecs.T.to(basis.device, work)  # [k, m]
+    coeffs = coefficients.T.to(basis.device, work)  # [k, m]
     if basis.dtype == work:
         vectors = coeffs @ basis
     else:
@@ -324,86 +339,4 @@ def distill(
     vectors.mul_(signs)
     if out_dtype is not None:
         vectors = vectors.to(out_dtype)
-    return Eigenpairs(eigenvalues=evals, eigenvectors=vectors, residuals=residuals)
-
-
-def block_arnoldi(
-    matmat: Callable[[Tensor], Tensor],
-    start: Tensor,
-    n_blocks: int,
-    *,
-    breakdown_tol: float | None = None,
-) -> ArnoldiResult:
-    """Block Arnoldi: an orthonormal basis of ``span{S, A S, ..., A^(s-1) S}`` for a block S.
-
-    Each iteration applies ``A`` to b vectors at once (``matmat``: ``[b, P] -> [b, P]``, one pass
-    over the data for the block, e.g. ``DatasetHessian.matmat``), orthogonalizes the block against
-    the whole basis twice (block CGS2) and orthonormalizes it by a QR factorization. The result
-    has ``m = s b`` basis rows (plus the next block) and a band Hessenberg matrix
-    ``[m + b, m]`` with ``A Q_m^T = Q_{m+b}^T H``; ``distill`` reads it like ``arnoldi``'s (the
-    residuals then come from the last block row). The basis stays in memory, in the work dtype of
-    ``start`` (no offloading, no file: an experimental counterpart of ``arnoldi``, issue 13).
-    It stops early when a new block loses rank (``|R_ii| <= breakdown_tol * ||A Q_k||``):
-    there is no deflation.
-
-    Args:
-        matmat: ``V -> (A V^T)^T`` on rows, on ``start``'s device and dtype.
-        start: the start block ``[b, P]`` (orthonormalized here).
-        n_blocks: the maximum number of block products s (``s b`` products of A in all).
-        breakdown_tol: relative breakdown threshold (default ``1000 * eps`` of the work dtype).
-
-    Example:
-        >>> A = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
-        >>> r = block_arnoldi(lambda V: V @ A, torch.randn(2, 6, dtype=torch.float64), 3)
-        >>> r.iterations, r.basis.shape
-        (6, torch.Size([8, 6]))
-        >>> distill(r, 2).eigenvalues.round(decimals=8).tolist()
-        [6.0, 5.0]
-    """
-    if n_blocks < 1:
-        raise ValueError(f"n_blocks={n_blocks} must be at least 1")
-    if start.ndim != 2 or start.shape[0] < 1 or start.shape[0] > start.shape[1]:
-        raise ValueError(
-            f"start must be a [b, P] block with 1 <= b <= P, got shape {tuple(start.shape)}"
-        )
-    b, dim = start.shape
-    work = _work_dtype(start.dtype)
-    tol = breakdown_tol if breakdown_tol is not None else 1000 * torch.finfo(work).eps
-    if not bool(torch.isfinite(start).all()):
-        raise ValueError("the start block must be finite")
-    basis = torch.zeros((n_blocks + 1) * b, dim, device=start.device, dtype=work)
-    hess = torch.zeros((n_blocks + 1) * b, n_blocks * b, dtype=work, device=start.device)
-    q, r = torch.linalg.qr(start.to(work).T)  # [P, b]
-    if float(r.diagonal().abs().min()) <= tol * float(r.diagonal().abs().max()):
-        raise ValueError("the start block must have full rank b")
-    basis[:b] = q.T
-    blocks, breakdown = n_blocks, False
-    for k in range(n_blocks):
-        rows = slice(k * b, (k + 1) * b)
-        w = matmat(basis[rows].to(start.dtype)).to(work)  # [b, P]
-        w_norm = float(w.norm())
-        if not math.isfinite(w_norm):
-            raise NonFiniteError(
-                f"block product {k} returned NaN or Inf", iteration=k * b, vector=basis[rows]
-            )
-        active = basis[: (k + 1) * b]
-        c1 = active @ w.T  # [(k + 1) b, b]
-        w = w - c1.T @ active
-        c2 = active @ w.T
-        w = w - c2.T @ active
-        q, r = torch.linalg.qr(w.T)  # w^T = q r, q [P, b]
-        hess[: (k + 1) * b, rows] = c1 + c2
-        hess[(k + 1) * b : (k + 2) * b, rows] = r
-        if float(r.diagonal().abs().min()) <= tol * max(w_norm, torch.finfo(work).tiny):
-            blocks, breakdown = k + 1, True
-            hess[(k + 1) * b : (k + 2) * b, rows] = 0
-            break
-        basis[(k + 1) * b : (k + 2) * b] = q.T
-    m = blocks * b
-    return ArnoldiResult(
-        basis=basis[: m + b],
-        hessenberg=hess[: m + b, :m].to("cpu", torch.float64),
-        iterations=m,
-        breakdown=breakdown,
-        reorthogonalized=m,
-    )
+    return vectors

@@ -18,6 +18,7 @@ them. The loss must call the model exactly once per batch (a clear error says so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -26,9 +27,16 @@ from torch.func import functional_call, grad, jvp, vjp
 from torch.utils import _pytree as pytree
 
 from lightning_influence.core import batch as _batch
+from lightning_influence.core.curvature import (
+    CurvatureInputs,
+    DatasetOperator,
+    ReduceFn,
+    register_curvature,
+)
 from lightning_influence.core.functional_loss import LossFn, frozen_tensors
+from lightning_influence.core.parameters import ParameterSpace
 
-__all__ = ["OutputSplit", "ggn_vector_product"]
+__all__ = ["DatasetGGN", "OutputSplit", "ggn_vector_product"]
 
 
 class _StandIn(nn.Module):
@@ -135,3 +143,55 @@ def ggn_vector_product(
 
     h_jv = vjp(grad(total_loss), z)[1](jv)[0]
     return pullback(h_jv)[0]
+
+
+class DatasetGGN(DatasetOperator):
+    """The operator ``v -> G v`` (the ``"ggn"`` curvature) over a fixed list of batches.
+
+    Args:
+        split: the loss split at the model's outputs.
+        params, space, batches, num_examples, reduce_fn: as for ``DatasetOperator``.
+        mode: how ``J v`` is taken (see ``ggn_vector_product``).
+
+    The model inputs of each batch are found once (the loss is run with a stand-in model) and
+    kept when ``batches`` is a list or tuple.
+    """
+
+    def __init__(
+        self,
+        split: OutputSplit,
+        params: dict[str, Tensor],
+        space: ParameterSpace,
+        batches: Sequence[Any],
+        mode: Literal["fwd-rev", "rev-rev"],
+        num_examples: int,
+        reduce_fn: ReduceFn | None = None,
+    ) -> None:
+        super().__init__(params, space, batches, num_examples, reduce_fn)
+        self.split, self.mode = split, mode
+        self._inputs: dict[int, Any] = {}
+
+    def batch_product(self, i: int, batch: Any, tangent: dict[str, Tensor]) -> dict[str, Tensor]:
+        keep = isinstance(self.batches, (list, tuple))
+        inputs = self._inputs.get(i) if keep else None
+        if inputs is None:
+            inputs = self.split.inputs(batch)
+            if keep:
+                self._inputs[i] = inputs
+        return ggn_vector_product(self.split, self.params, batch, inputs, tangent, self.mode)
+
+
+@register_curvature("ggn")
+def _ggn(inputs: CurvatureInputs) -> DatasetGGN:
+    if inputs.model is None or inputs.loss_fn is None:
+        raise ValueError("curvature='ggn' needs the model and loss_fn (CurvatureInputs)")
+    split = OutputSplit(inputs.model, inputs.loss_fn, inputs.compute_dtype)
+    return DatasetGGN(
+        split,
+        inputs.params,
+        inputs.space,
+        inputs.batches,
+        inputs.mode,
+        inputs.num_examples,
+        inputs.reduce_fn,
+    )

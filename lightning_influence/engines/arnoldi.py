@@ -11,16 +11,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lightning_influence.config import ArnoldiConfig, parse_dtype, with_overrides
-from lightning_influence.core import batch as _batch
-from lightning_influence.core.arnoldi import NonFiniteError, arnoldi, distill
+from lightning_influence.core.arnoldi import NonFiniteError
 from lightning_influence.core.context import analysis_context
+from lightning_influence.core.curvature import CurvatureInputs, ReduceFn, make_curvature
 from lightning_influence.core.functional_loss import LossFn
-from lightning_influence.core.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
-from lightning_influence.core.lanczos import RestartedEigenpairs, thick_restart_lanczos
+from lightning_influence.core.hvp import resolve_hvp_mode
 from lightning_influence.core.parameters import ParamSelector
+from lightning_influence.core.solvers import SolveRequest, residual_controlled, solve
 from lightning_influence.core.xla import graph_cut
 from lightning_influence.engines.base import ProjectedInfluence, TransferFn, sync_device
-from lightning_influence.losses import check_losses
 
 __all__ = ["ArnoldiInfluence"]
 
@@ -52,7 +51,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             ``projection``, ``eigenvalue_policy``, ``basis_device``, ``basis_dtype``, ...).
             ``hvp_cache=True`` keeps each HVP-sample batch's pullback of ``grad`` for the whole
             fit, so that every product is one reverse pass instead of a forward and two backward
-            passes (``DatasetHessian(cache=True)``; about 2.2x fewer CPU seconds per fit on the
+            passes (``core.hvp.DatasetHessian(cache=True)``; about 2.2x fewer CPU seconds per fit on the
             digits CNN, the same eigenpairs up to rounding), at the memory of the double-backward
             graph of the whole HVP sample during the fit. Off by default.
             ``restart_tol=1e-2`` replaces the fixed ``n_iters`` iterations by thick-restart
@@ -136,83 +135,63 @@ class ArnoldiInfluence(ProjectedInfluence):
         """
         cfg = self.config
         wall = time.perf_counter()
+        solver = cfg.resolved_solver
         with analysis_context(self.model):
             f, params = self.functional_loss(), self.parameters()
             device = self.device
             mode = resolve_hvp_mode(cfg.hvp_mode, device)
-
-            cached, count, first = [], 0, None
-            for i, batch in enumerate(self.batches(loader, "HVP sample")):
-                with torch.no_grad():
-                    check_losses(
-                        f(params, batch),
-                        _batch.batch_size(batch),
-                        f"batch {i} of the HVP sample loader",
-                    )
-                count += _batch.batch_size(batch)
-                first = batch if first is None else first
-                if cfg.cache_batches:
-                    cached.append(batch)
-            if reduce_fn is not None:
-                count = int(reduce_fn(torch.tensor([float(count)], device=device)).item())
-            batches = cached if cfg.cache_batches else _Reiterable(self, loader)
-            ggn = self.output_split() if cfg.curvature == "ggn" else None
-            hessian = DatasetHessian(
-                f,
-                params,
-                self.space,
-                batches,
-                mode,
-                count,
-                reduce_fn,
-                ggn=ggn,
-                cache=cfg.hvp_cache,
+            sample = self.load_sample(
+                f, params, loader, "HVP sample", keep=cfg.cache_batches, reduce_fn=reduce_fn
+            )
+            batches = sample.batches if cfg.cache_batches else _Reiterable(self, loader)
+            model_dtype = next(iter(self.model.parameters())).dtype
+            operator = make_curvature(
+                cfg.curvature,
+                CurvatureInputs(
+                    f,
+                    params,
+                    self.space,
+                    batches,
+                    sample.count,
+                    mode,
+                    reduce_fn,
+                    model=self.model,
+                    loss_fn=self.loss_fn,
+                    compute_dtype=None if self.compute_dtype == model_dtype else self.compute_dtype,
+                    cache=cfg.hvp_cache,
+                ),
             )
 
             generator = torch.Generator().manual_seed(cfg.seed)
             start = torch.randn(self.space.dim, generator=generator, dtype=torch.float64)
             start = start.to(device, self.compute_dtype)
 
-            restarted = cfg.restart_tol is not None
-            if restarted and device.type == "xla":
-                raise ValueError(
-                    "restart_tol (thick-restart Lanczos) grows and compresses its basis on the "
-                    "host, which XLA would recompile at every product: pass restart_tol=None on "
-                    "XLA devices"
-                )
+            restarted = residual_controlled(solver)
             budget = 10 * cfg.n_iters
             bar = tqdm(
                 total=budget if restarted else cfg.n_iters,
-                desc="Lanczos" if restarted else "Arnoldi",
+                desc=solver.capitalize(),
                 unit="hvp",
                 disable=not cfg.progress,
                 leave=False,
             )
+            request = SolveRequest(
+                top_k=cfg.top_k,
+                n_iters=cfg.n_iters,
+                tol=cfg.restart_tol,
+                max_products=budget,
+                basis_device=self._directions_device(),
+                basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
+                basis_file=cfg.basis_file,
+                on_product=bar.update,
+                graph_cut=graph_cut(device),
+            )
             try:
-                if restarted:
-                    out = self._thick_restart(hessian, start, budget, bar)
-                    pairs, iterations, breakdown = out.pairs, out.products, out.breakdown
-                    # Every product is orthogonalized twice (CGS2) after a restart's arrowhead.
-                    extra = {"reorthogonalized": out.products, "restarts": out.restarts}
-                    extra["converged"] = out.converged
-                else:
-                    result = arnoldi(
-                        hessian,
-                        start,
-                        cfg.n_iters,
-                        basis_device=self._directions_device(),
-                        basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
-                        basis_file=cfg.basis_file,
-                        on_iteration=lambda _: bar.update(),
-                        graph_cut=graph_cut(device),
-                    )
-                    pairs = distill(result, cfg.top_k)
-                    iterations, breakdown = result.iterations, result.breakdown
-                    extra = {"reorthogonalized": result.reorthogonalized}
+                out = solve(solver, operator, start, request)
             except NonFiniteError as err:
                 where = "unknown"
                 if err.vector is not None:
-                    where = hessian.locate_non_finite(err.vector.to(device, self.compute_dtype))
+                    where = operator.locate_non_finite(err.vector.to(device, self.compute_dtype))
                 raise FloatingPointError(
                     f"Hessian-vector product {err.iteration} returned NaN or Inf; the first "
                     f"non-finite contribution comes from {where}. Check that batch for extreme "
@@ -220,15 +199,17 @@ class ArnoldiInfluence(ProjectedInfluence):
                 ) from err
             finally:
                 bar.close()
-                hessian.clear_cache()  # the cached graphs are the fit's largest allocation
-            self._settle_projection(f, params, first, pairs.eigenvectors)
+                operator.clear_cache()  # the cached graphs are the fit's largest allocation
+            pairs, iterations, breakdown = out.pairs, out.products, out.breakdown
+            self._settle_projection(f, params, sample.first, pairs.eigenvectors)
             sync_device(device)
 
         found = len(pairs.eigenvalues)
-        if restarted and not breakdown and extra["converged"] < found:
+        converged = out.stats.get("converged")
+        if restarted and not breakdown and converged is not None and converged < found:
             self._warn(
                 f"thick-restart Lanczos spent its {budget} products with "
-                f"{extra['converged']} of {found} eigenpairs at "
+                f"{converged} of {found} eigenpairs at "
                 f"restart_tol={cfg.restart_tol}: raise n_iters (the basis size) or restart_tol; "
                 "relative_residuals says which pairs fell short"
             )
@@ -243,43 +224,19 @@ class ArnoldiInfluence(ProjectedInfluence):
         self.residuals_ = pairs.residuals
         fit_seconds = time.perf_counter() - wall
         self.fit_stats = {
+            "solver": solver,
             "iterations": iterations,
             "breakdown": breakdown,
-            **extra,
+            **out.stats,
             "hvp_mode": mode,
             "hvp_cache": cfg.hvp_cache,
             "curvature": cfg.curvature,
-            "num_examples": count,
+            "num_examples": sample.count,
             "num_params": self.space.dim,
-            "hvp_seconds": hessian.seconds,
+            "hvp_seconds": operator.seconds,
             "fit_seconds": fit_seconds,
         }
         return self
-
-    def _thick_restart(
-        self, hessian: DatasetHessian, start: Tensor, budget: int, bar: Any
-    ) -> RestartedEigenpairs:
-        """``thick_restart_lanczos`` on ``hessian``, its basis on the basis device and dtype."""
-        cfg = self.config
-        device, dtype = start.device, start.dtype
-        where = self._directions_device()
-        # The restarted basis is rewritten in place: held in at least float32 (core.lanczos).
-        kind = torch.promote_types(
-            parse_dtype(cfg.basis_dtype, "basis_dtype") or dtype, torch.float32
-        )
-
-        def matvec(v: Tensor) -> Tensor:
-            bar.update()
-            return hessian(v.to(device, dtype)).to(where)
-
-        return thick_restart_lanczos(
-            matvec,
-            start.to(where, kind),
-            cfg.top_k,
-            basis_size=cfg.n_iters,
-            tol=cfg.restart_tol,
-            max_products=budget,
-        )
 
     def state_dict(self) -> dict[str, Any]:
         """Eigenpairs, residuals, the parameter layout and the config, to score later without refitting."""

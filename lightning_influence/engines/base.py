@@ -24,7 +24,6 @@ from lightning_influence.core import batch as _batch
 from lightning_influence.core import scores
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import FunctionalLoss, LossFn, make_functional_loss
-from lightning_influence.core.ggn import OutputSplit
 from lightning_influence.core.parameters import ParameterSpace, ParamSelector, select_parameters
 from lightning_influence.core.projection import project_grad, project_jvp
 from lightning_influence.losses import check_losses
@@ -33,6 +32,15 @@ __all__ = ["TopInfluences"]
 
 TransferFn = Callable[[Any], Any]
 _GRAD_CHUNK_BYTES = 256 * 2**20
+
+
+class Sample(NamedTuple):
+    """A sample read once by ``EngineBase.load_sample``: its batches (when kept), its global
+    example count, and its first batch."""
+
+    batches: list[Any]
+    count: int
+    first: Any
 
 
 class TopInfluences(NamedTuple):
@@ -111,12 +119,6 @@ class EngineBase:
             self.model, self.loss_fn, None if dtype == model_dtype else dtype
         )
 
-    def output_split(self) -> OutputSplit:
-        """The loss split at the model's outputs (for Gauss-Newton products)."""
-        dtype = self.compute_dtype
-        model_dtype = next(iter(self.model.parameters())).dtype
-        return OutputSplit(self.model, self.loss_fn, None if dtype == model_dtype else dtype)
-
     def batches(self, loader: Iterable[Any], what: str) -> Iterator[Any]:
         """The batches of ``loader`` on the device, ready for autograd (``what`` names it in errors)."""
         empty = True
@@ -142,14 +144,35 @@ class EngineBase:
         Under DDP the callback runs this on every rank before the first collective, so that a
         rank with a bad batch fails together with the others instead of leaving them waiting.
         """
-        count = 0
-        with analysis_context(self.model), torch.no_grad():
+        with analysis_context(self.model):
             f, params = self.functional_loss(), self.parameters()
-            for i, batch in enumerate(self.batches(loader, what)):
-                size = _batch.batch_size(batch)
+            return self.load_sample(f, params, loader, what, keep=False).count
+
+    def load_sample(
+        self,
+        f: FunctionalLoss,
+        params: dict[str, Tensor],
+        loader: Iterable[Any],
+        what: str,
+        *,
+        keep: bool = True,
+        reduce_fn: Callable[[Tensor], Tensor] | None = None,
+    ) -> Sample:
+        """Read ``loader`` once: every batch's losses checked (finite, one per example), the
+        examples counted (summed over processes with ``reduce_fn``), the batches kept on the
+        device when ``keep``. The one reading of an HVP sample or of data to check."""
+        kept, count, first = [], 0, None
+        for i, batch in enumerate(self.batches(loader, what)):
+            size = _batch.batch_size(batch)
+            with torch.no_grad():
                 check_losses(f(params, batch), size, f"batch {i} of the {what} loader")
-                count += size
-        return count
+            count += size
+            first = batch if first is None else first
+            if keep:
+                kept.append(batch)
+        if reduce_fn is not None:
+            count = int(reduce_fn(torch.tensor([float(count)], device=self.device)).item())
+        return Sample(kept, count, first)
 
     def _grad_chunk(self) -> int:
         if self.config.example_chunk is not None:

@@ -10,13 +10,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lightning_influence.config import RandomProjectionConfig, with_overrides
-from lightning_influence.core import batch as _batch
 from lightning_influence.core.context import analysis_context
+from lightning_influence.core.curvature import CurvatureInputs, ReduceFn, make_curvature
 from lightning_influence.core.functional_loss import LossFn
-from lightning_influence.core.hvp import DatasetHessian, ReduceFn, resolve_hvp_mode
+from lightning_influence.core.hvp import resolve_hvp_mode
 from lightning_influence.core.parameters import ParamSelector
 from lightning_influence.engines.base import ProjectedInfluence, TransferFn
-from lightning_influence.losses import check_losses
 
 __all__ = ["RandomProjectionInfluence"]
 
@@ -63,26 +62,19 @@ class RandomProjectionInfluence(ProjectedInfluence):
         with analysis_context(self.model):
             f, params = self.functional_loss(), self.parameters()
             device, dtype = self.device, self.compute_dtype
-            batches, count = [], 0
-            for i, batch in enumerate(self.batches(loader, "HVP sample")):
-                with torch.no_grad():
-                    check_losses(
-                        f(params, batch),
-                        _batch.batch_size(batch),
-                        f"batch {i} of the HVP sample loader",
-                    )
-                count += _batch.batch_size(batch)
-                batches.append(batch)
-            if reduce_fn is not None:
-                count = int(reduce_fn(torch.tensor([float(count)], device=device)).item())
-            hessian = DatasetHessian(
-                f,
-                params,
-                self.space,
-                batches,
-                resolve_hvp_mode(cfg.hvp_mode, device),
-                count,
-                reduce_fn,
+            sample = self.load_sample(f, params, loader, "HVP sample", reduce_fn=reduce_fn)
+            batches = sample.batches
+            hessian = make_curvature(
+                "hessian",
+                CurvatureInputs(
+                    f,
+                    params,
+                    self.space,
+                    batches,
+                    sample.count,
+                    resolve_hvp_mode(cfg.hvp_mode, device),
+                    reduce_fn,
+                ),
             )
             generator = torch.Generator().manual_seed(cfg.seed)
             sketch = torch.randn(cfg.dim, self.space.dim, generator=generator, dtype=torch.float64)

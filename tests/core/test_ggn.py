@@ -6,9 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jacrev
 
 from lightning_influence import ArnoldiInfluence
-from lightning_influence.core.functional_loss import make_functional_loss
-from lightning_influence.core.ggn import OutputSplit, ggn_vector_product
-from lightning_influence.core.hvp import DatasetHessian
+from lightning_influence.core.ggn import DatasetGGN, OutputSplit, ggn_vector_product
 from lightning_influence.core.parameters import ParameterSpace
 from lightning_influence.losses import mse_loss
 from tests.conftest import Dense, cross_entropy, make_data, make_mlp
@@ -51,10 +49,7 @@ def test_dataset_ggn_over_batches_is_psd_and_differs_from_the_hessian():
     x, y, batches = make_data(n=23, batch=10)
     params = {n: p.detach() for n, p in model.named_parameters()}
     space = ParameterSpace.of(params)
-    f = make_functional_loss(model, cross_entropy)
-    op = DatasetHessian(
-        f, params, space, batches, "fwd-rev", 23, ggn=OutputSplit(model, cross_entropy)
-    )
+    op = DatasetGGN(OutputSplit(model, cross_entropy), params, space, batches, "fwd-rev", 23)
     dense = torch.stack([op(e) for e in torch.eye(space.dim, dtype=torch.float64)], dim=1)
     torch.testing.assert_close(dense, dense_ggn(model, x, softmax_hessian), rtol=1e-10, atol=1e-12)
     assert float(torch.linalg.eigvalsh((dense + dense.T) / 2).min()) > -1e-12

@@ -98,7 +98,10 @@ def test_every_config_field_is_an_option_of_the_callback_and_the_datamodule():
     from lightning_influence import AnalysisConfig, PruningConfig
 
     changed = {"n_iters": 30, "top_k": 7, "hvp_cache": True, "every_n_epochs": 3, "fraction": 0.3}
-    for cls, config_cls in ((InfluenceCallback, AnalysisConfig), (InfluenceDataModule, PruningConfig)):
+    for cls, config_cls in (
+        (InfluenceCallback, AnalysisConfig),
+        (InfluenceDataModule, PruningConfig),
+    ):
         fields = {f.name: getattr(config_cls(), f.name) for f in dataclasses.fields(config_cls)}
         fields.update({k: v for k, v in changed.items() if k in fields})
         parser = ArgumentParser()

@@ -1,13 +1,14 @@
-"""Block products (``DatasetHessian.matmat``), cached pullbacks (``cache=True``) and block Arnoldi."""
+"""Block products (``experimental.matmat``), cached pullbacks (``cache=True``) and block Arnoldi."""
 
 import pytest
 import torch
 
-from lightning_influence.core.arnoldi import NonFiniteError, arnoldi, block_arnoldi, distill
+from lightning_influence.core.arnoldi import NonFiniteError, arnoldi, distill
 from lightning_influence.core.functional_loss import make_functional_loss
-from lightning_influence.core.ggn import OutputSplit
+from lightning_influence.core.ggn import DatasetGGN, OutputSplit
 from lightning_influence.core.hvp import DatasetHessian
 from lightning_influence.core.parameters import ParameterSpace
+from lightning_influence.experimental import block_arnoldi, distill_block, matmat
 from tests.conftest import Dense, cross_entropy, make_data, make_mlp
 
 
@@ -32,7 +33,7 @@ def test_matmat_matches_single_products_and_the_dense_hessian(mode, cache, b):
     V = torch.randn(
         b, op.space.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(b)
     )
-    block = op.matmat(V)
+    block = matmat(op, V)
     torch.testing.assert_close(block, torch.stack([single(v) for v in V]), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(block, V @ dense.hessian(), rtol=1e-10, atol=1e-12)
     assert op.calls == b and op.seconds > 0
@@ -54,7 +55,7 @@ def test_cached_products_match_the_dense_hessian_and_run_the_loss_once_per_batch
         v = torch.randn(op.space.dim, dtype=torch.float64, generator=gen)
         torch.testing.assert_close(op(v), H @ v, rtol=1e-10, atol=1e-12)
     V = torch.randn(4, op.space.dim, dtype=torch.float64, generator=gen)
-    torch.testing.assert_close(op.matmat(V), V @ H, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(matmat(op, V), V @ H, rtol=1e-10, atol=1e-12)
     assert runs == [10, 10, 3]  # the loss ran once per batch, for 7 products
     op.clear_cache()
     torch.testing.assert_close(op(V[0]), H @ V[0], rtol=1e-10, atol=1e-12)
@@ -66,12 +67,11 @@ def test_matmat_of_the_gauss_newton_operator_matches_single_products():
     _, _, batches = make_data(n=20)
     params = {k: p.detach() for k, p in model.named_parameters()}
     space = ParameterSpace.of(params)
-    f = make_functional_loss(model, cross_entropy)
     split = OutputSplit(model, cross_entropy)
-    op = DatasetHessian(f, params, space, batches, "fwd-rev", 20, ggn=split)
+    op = DatasetGGN(split, params, space, batches, "fwd-rev", 20)
     V = torch.randn(3, space.dim, dtype=torch.float64)
     torch.testing.assert_close(
-        op.matmat(V), torch.stack([op(v) for v in V]), rtol=1e-10, atol=1e-12
+        matmat(op, V), torch.stack([op(v) for v in V]), rtol=1e-10, atol=1e-12
     )
 
 
@@ -85,27 +85,16 @@ def test_matmat_reduce_fn_sees_one_flat_vector_per_block():
     op, dense, _ = operator(reduce_fn=reduce_fn)
     op.num_examples = 46
     V = torch.randn(5, op.space.dim, dtype=torch.float64)
-    torch.testing.assert_close(op.matmat(V), V @ dense.hessian(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(matmat(op, V), V @ dense.hessian(), rtol=1e-10, atol=1e-12)
     assert seen == [torch.Size([5 * op.space.dim])]
 
 
 def test_bad_arguments_are_refused_with_the_fix():
-    op, _, model = operator()
+    op, _, _ = operator()
     with pytest.raises(ValueError, match=r"matmat takes a \[b, P=\d+\] matrix"):
-        op.matmat(torch.randn(op.space.dim, dtype=torch.float64))
+        matmat(op, torch.randn(op.space.dim, dtype=torch.float64))
     with pytest.raises(ValueError, match="matmat takes"):
-        op.matmat(torch.randn(2, op.space.dim + 1, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"with ggn .* pass cache=False"):
-        DatasetHessian(
-            op.f,
-            op.params,
-            op.space,
-            op.batches,
-            "fwd-rev",
-            23,
-            ggn=OutputSplit(model, cross_entropy),
-            cache=True,
-        )
+        matmat(op, torch.randn(2, op.space.dim + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"pass list\(batches\)"):
         DatasetHessian(op.f, op.params, op.space, iter(op.batches), "fwd-rev", 23, cache=True)
 
@@ -152,7 +141,7 @@ def test_block_arnoldi_relation_orthonormality_and_residuals(b):
     Q = r.basis
     torch.testing.assert_close(Q @ Q.T, torch.eye(m + b, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(A @ Q[:m].T, Q.T @ r.hessenberg, atol=1e-10, rtol=0)
-    pairs = distill(r, 3)
+    pairs = distill_block(r, 3)
     true = (pairs.eigenvectors @ A - pairs.eigenvalues[:, None] * pairs.eigenvectors).norm(dim=1)
     torch.testing.assert_close(pairs.residuals, true, atol=1e-10, rtol=1e-8)
 
@@ -161,7 +150,7 @@ def test_block_arnoldi_of_one_vector_matches_arnoldi():
     A = _symmetric()
     start = torch.randn(30, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     single = distill(arnoldi(lambda v: A @ v, start, 12), 5)
-    block = distill(block_arnoldi(lambda V: V @ A, start[None], 12), 5)
+    block = distill_block(block_arnoldi(lambda V: V @ A, start[None], 12), 5)
     torch.testing.assert_close(block.eigenvalues, single.eigenvalues, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(block.eigenvectors, single.eigenvectors, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(block.residuals, single.residuals, rtol=1e-6, atol=1e-12)
@@ -177,10 +166,10 @@ def test_block_arnoldi_on_the_dataset_hessian_finds_the_dense_eigenpairs():
     start = torch.randn(
         7, space.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
     )
-    r = block_arnoldi(op.matmat, start, 6)
+    r = block_arnoldi(lambda V: matmat(op, V), start, 6)
     assert space.dim == 35 and r.breakdown and r.iterations == 35
     evals, evecs = Dense(model, x, y).top_eigenpairs(4)
-    pairs = distill(r, 4)
+    pairs = distill_block(r, 4)
     torch.testing.assert_close(pairs.eigenvalues, evals, rtol=1e-8, atol=1e-10)
     overlap = (pairs.eigenvectors @ evecs).abs().diagonal()
     torch.testing.assert_close(overlap, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-6)
