@@ -49,6 +49,7 @@ __all__ = [
     "RandomProjectionConfig",
     "Role",
     "ScoringConfig",
+    "TracInConfig",
     "field_choices",
     "field_names",
 ]
@@ -108,7 +109,7 @@ def field_choices(cls: type, name: str) -> tuple[Any, ...] | None:
 
     Example:
         >>> field_choices(ScoringConfig, "projection")
-        ('auto', 'jvp', 'grad')
+        ('auto', 'hooks', 'grad', 'jvp', 'loop')
     """
     literal = _literal(cls, name)
     if literal is not None:
@@ -189,8 +190,12 @@ class ScoringConfig(_Config):
     projection: ProjectionMode = field(
         default="auto",
         metadata=_help(
-            "'jvp' (forward-mode, vmapped over directions), 'grad' (per-example gradients times "
-            "directions) or 'auto' (time both on the first batch, keep the faster).",
+            "how per-example gradients meet the directions: 'hooks' (one backward pass and a "
+            "contraction per Linear/Conv/Embedding/LayerNorm/BatchNorm layer), 'grad' (vmapped "
+            "per-example gradients), 'jvp' (forward mode, vmapped over directions), 'loop' (one "
+            "example at a time, for models vmap cannot trace) or 'auto' (hooks where they apply "
+            "and pass an exactness check on the first batch, else the faster of grad/loop and "
+            "jvp).",
             role="execution",
         ),
     )
@@ -393,6 +398,20 @@ class RandomProjectionConfig(ScoringConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _int("dim", self.dim, 1, "rows of the sketch")
+
+
+@dataclass
+class TracInConfig(ScoringConfig):
+    """Arguments of ``TracInInfluence``: the scoring fields it uses (``example_chunk``,
+    ``compute_dtype``, ``progress``); it always takes per-example gradients."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.projection not in ("auto", "grad"):
+            raise ValueError(
+                f"projection={self.projection!r}: TracIn takes per-example gradients; leave "
+                "projection at 'auto'"
+            )
 
 
 @dataclass

@@ -62,7 +62,7 @@ from _common import (
     write_results,
 )
 
-import lightning_influence.engines.arnoldi as engine_module
+import lightning_influence.core.solvers as engine_module
 from lightning_influence import ArnoldiInfluence, InfluenceCallback
 from lightning_influence.losses import cross_entropy_loss
 

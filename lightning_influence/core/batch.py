@@ -6,7 +6,7 @@ A batch is any pytree whose tensor leaves share a leading batch dimension; other
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -69,3 +69,38 @@ def to_autograd_tensors(batch: Any) -> Any:
 def cast_floating(batch: Any, dtype: torch.dtype) -> Any:
     """Cast floating-point tensor leaves to ``dtype``; integer leaves (labels) stay as they are."""
     return map_tensors(lambda x: x.to(dtype) if x.is_floating_point() else x, batch)
+
+
+_TARGET_KEYS = ("labels", "label", "targets", "target", "y")
+
+
+def class_targets(batch: Any) -> Tensor | None:
+    """The class index of every example of a classification batch, or None when none is found.
+
+    The class-index tensor (integer, one entry per example) is the last element of a tuple or
+    list batch (``(inputs, targets)``), or the ``"labels"`` (``"label"``, ``"targets"``,
+    ``"target"``, ``"y"``) entry of a dict batch (Hugging Face's spelling first).
+
+    Example:
+        >>> class_targets((torch.zeros(3, 2), torch.tensor([2, 0, 1]))).tolist()
+        [2, 0, 1]
+        >>> class_targets({"input_ids": torch.zeros(2, 4, dtype=torch.long), "labels": torch.tensor([1, 0])})
+        tensor([1, 0])
+        >>> class_targets((torch.zeros(3, 2), torch.zeros(3, 2))) is None
+        True
+    """
+    size = batch_size(batch)
+    candidate: Any = None
+    if isinstance(batch, Mapping):
+        candidate = next((batch[k] for k in _TARGET_KEYS if k in batch), None)
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        candidate = batch[-1]
+    if (
+        isinstance(candidate, Tensor)
+        and not candidate.is_floating_point()
+        and not candidate.is_complex()
+        and candidate.dtype != torch.bool
+        and candidate.shape == (size,)
+    ):
+        return candidate
+    return None

@@ -1,7 +1,14 @@
 """Per-example gradients projected on a set of directions: ``P[x, i] = <e_i, g_x>``.
 
-Two routes compute the same numbers:
+Four routes compute the same numbers (``project`` dispatches, returning the per-example losses
+too):
 
+* ``hooks``: one ordinary forward and backward pass and a contraction per layer
+  (``core.hooks``), for models whose selected parameters all sit in Linear, Conv, Embedding,
+  LayerNorm or BatchNorm layers; the cheapest where it applies.
+* ``loop``: ``grad`` of one example at a time, no ``vmap``: for models ``vmap`` cannot trace
+  (data-dependent control flow, e.g. an attention mask checked with ``if mask.all()``), the
+  route that always works.
 * ``jvp``: forward-mode directional derivatives, vmapped over directions, as in the paper. One
   batched forward pass per chunk of directions gives ``<e_i, g_x>`` for every example of the batch
   at once (the loss is per example), so the cost grows with the number of directions k.
@@ -18,16 +25,26 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
-from torch.func import grad, jvp, vmap
+from torch import Tensor, nn
+from torch.func import grad_and_value, jvp, vmap
 
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.functional_loss import FunctionalLoss
+from lightning_influence.core.hooks import project_hooks
 from lightning_influence.core.parameters import ParameterSpace
 
-__all__ = ["ProjectionMode", "per_example_gradients", "project_grad", "project_jvp"]
+__all__ = [
+    "ROUTES",
+    "ProjectionMode",
+    "per_example_gradients",
+    "project",
+    "project_grad",
+    "project_jvp",
+    "project_loop",
+]
 
-ProjectionMode = Literal["auto", "jvp", "grad"]
+ProjectionMode = Literal["auto", "hooks", "grad", "jvp", "loop"]
+ROUTES: tuple[str, ...] = ("hooks", "grad", "jvp", "loop")
 
 
 def per_example_gradients(
@@ -43,12 +60,18 @@ def per_example_gradients(
 
 def _gradient_tree(f: FunctionalLoss, params: dict[str, Tensor], batch: Any) -> dict[str, Tensor]:
     """Per-example gradients as a dict of ``[B, *shape]`` tensors (``vmap(grad)``)."""
+    return _gradients_and_losses(f, params, batch)[0]
+
+
+def _gradients_and_losses(
+    f: FunctionalLoss, params: dict[str, Tensor], batch: Any
+) -> tuple[dict[str, Tensor], Tensor]:
     dims = _batch.in_dims(batch)
 
     def single(p: dict[str, Tensor], example: Any) -> Tensor:
         return f(p, _batch.unsqueeze_mapped(example, dims)).reshape(())
 
-    return vmap(grad(single), in_dims=(None, dims))(params, batch)
+    return vmap(grad_and_value(single), in_dims=(None, dims))(params, batch)
 
 
 def project_grad(
@@ -64,21 +87,93 @@ def project_grad(
     Each parameter tensor's gradients ``[B, P_l]`` meet their block of the directions
     ``[k, P_l]`` directly: no ``[B, P]`` concatenation.
     """
+    return _grad_route(f, params, batch, directions, space, chunk_size)[0]
+
+
+def _grad_route(
+    f: FunctionalLoss,
+    params: dict[str, Tensor],
+    batch: Any,
+    directions: Tensor,
+    space: ParameterSpace,
+    chunk_size: int,
+    *,
+    vectorized: bool = True,
+) -> tuple[Tensor, Tensor]:
     size, k = _batch.batch_size(batch), directions.shape[0]
     first = next(iter(params.values()))
     blocks = space.unflatten_batched(directions.to(first.device, first.dtype))
     blocks = {n: b.reshape(k, -1) for n, b in blocks.items()}
-    out = []
-    for start in range(0, size, chunk_size):
-        part = _batch.slice_batch(batch, start, min(start + chunk_size, size))
-        grads = _gradient_tree(f, params, part)
+    out, losses = [], []
+    step = chunk_size if vectorized else 1
+    for start in range(0, size, step):
+        part = _batch.slice_batch(batch, start, min(start + step, size))
+        if vectorized:
+            grads, values = _gradients_and_losses(f, params, part)
+        else:
+            grads, values = grad_and_value(lambda p, part=part: f(p, part).sum())(params)
+            grads = {n: g.unsqueeze(0) for n, g in grads.items()}
+            values = values.reshape(1)
         total = first.new_zeros(_batch.batch_size(part), k)
         for name in space.names:
             g = grads.pop(name)  # freed once used: the chunk's peak stays one [B, P]
             total.addmm_(g.reshape(g.shape[0], -1), blocks[name].T)
             del g
         out.append(total)
-    return torch.cat(out)
+        losses.append(values.detach())
+    return torch.cat(out), torch.cat(losses)
+
+
+def project_loop(
+    f: FunctionalLoss,
+    params: dict[str, Tensor],
+    batch: Any,
+    directions: Tensor,
+    space: ParameterSpace,
+) -> Tensor:
+    """``[B, k]`` projections through ``grad`` of one example at a time (no ``vmap``).
+
+    The route for models that ``vmap`` cannot trace: the example's batch dimension is a real
+    size-1 dimension, so data-dependent control flow inside the model runs as in training.
+    """
+    return _grad_route(f, params, batch, directions, space, 1, vectorized=False)[0]
+
+
+def project(
+    route: str,
+    f: FunctionalLoss,
+    params: dict[str, Tensor],
+    batch: Any,
+    directions: Tensor,
+    space: ParameterSpace,
+    *,
+    example_chunk: int,
+    direction_chunk: int,
+    model: nn.Module | None = None,
+    owners: Any = None,
+    check: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``([B, k] projections, [B] per-example losses)`` of one batch by ``route``.
+
+    Args:
+        route: one of ``ROUTES``.
+        example_chunk: examples per ``vmap`` chunk (``grad``).
+        direction_chunk: directions per ``vmap`` chunk (``jvp``).
+        model, owners, check: for ``hooks`` (see ``core.hooks.project_hooks``).
+    """
+    if route == "hooks":
+        if model is None or owners is None:
+            raise ValueError("route='hooks' needs the model and its hooked layers (owners)")
+        return project_hooks(f, params, batch, directions, space, model, owners, check=check)
+    if route == "grad":
+        return _grad_route(f, params, batch, directions, space, example_chunk)
+    if route == "loop":
+        return _grad_route(f, params, batch, directions, space, 1, vectorized=False)
+    if route == "jvp":
+        with torch.no_grad():
+            losses = f(params, batch).detach()
+        return project_jvp(f, params, batch, directions, space, direction_chunk), losses
+    raise ValueError(f"route={route!r} is not one of {', '.join(map(repr, ROUTES))}")
 
 
 def project_jvp(

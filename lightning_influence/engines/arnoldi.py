@@ -240,7 +240,7 @@ class ArnoldiInfluence(ProjectedInfluence):
 
     def state_dict(self) -> dict[str, Any]:
         """Eigenpairs, residuals, the parameter layout and the config, to score later without refitting."""
-        state = self._base_state()
+        state = super().state_dict()
         state.update(
             format_version=_FORMAT_VERSION,
             residuals=None if self.residuals_ is None else self.residuals_.cpu(),
@@ -250,10 +250,7 @@ class ArnoldiInfluence(ProjectedInfluence):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved (the config too, except ``progress``)."""
-        saved = dict(state["config"])
-        saved["progress"] = self.config.progress
-        self.config = ArnoldiConfig(**saved)
-        self._load_base_state(state)
+        super().load_state_dict(state)
         self.residuals_ = state.get("residuals")
         self.fit_stats = dict(state.get("fit_stats", {}))
 

@@ -19,16 +19,18 @@ from torch import Tensor, nn
 from torch.utils.data import RandomSampler
 from tqdm.auto import tqdm
 
-from lightning_influence.config import ScoringConfig, parse_dtype
+from lightning_influence.config import ConfigurationError, ScoringConfig, parse_dtype
 from lightning_influence.core import batch as _batch
 from lightning_influence.core import scores
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import FunctionalLoss, LossFn, make_functional_loss
+from lightning_influence.core.hooks import HooksUnsupported, hook_support
 from lightning_influence.core.parameters import ParameterSpace, ParamSelector, select_parameters
-from lightning_influence.core.projection import project_grad, project_jvp
+from lightning_influence.core.projection import project
+from lightning_influence.io.shards import ScoreShards
 from lightning_influence.losses import check_losses
 
-__all__ = ["TopInfluences"]
+__all__ = ["SIGNALS_OF_PROJECTIONS", "TopInfluences", "ValidationProjection"]
 
 TransferFn = Callable[[Any], Any]
 _GRAD_CHUNK_BYTES = 256 * 2**20
@@ -174,6 +176,22 @@ class EngineBase:
             count = int(reduce_fn(torch.tensor([float(count)], device=self.device)).item())
         return Sample(kept, count, first)
 
+    def influence(self, train_loader: Iterable[Any], test_loader: Iterable[Any]) -> Tensor:
+        """``[N_test, N_train]`` influence of every training example on every test example."""
+        raise NotImplementedError
+
+    def top_influences(
+        self, train_loader: Iterable[Any], test_loader: Iterable[Any], k: int = 10
+    ) -> TopInfluences:
+        """The ``k`` strongest proponents and opponents in ``train_loader`` of each test example."""
+        if k < 1:
+            raise ValueError(f"k={k} must be a positive integer")
+        matrix = self.influence(train_loader, test_loader)
+        k = min(k, matrix.shape[1])
+        top = matrix.topk(k, dim=1)
+        bottom = (-matrix).topk(k, dim=1)
+        return TopInfluences(top.indices, top.values, bottom.indices, -bottom.values)
+
     def _grad_chunk(self) -> int:
         if self.config.example_chunk is not None:
             return self.config.example_chunk
@@ -185,8 +203,40 @@ class EngineBase:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+class ValidationProjection(NamedTuple):
+    """The projected gradients of a validation set: ``total[i] = <e_i, sum_z g_z>`` over all of
+    it, and per class ``by_class[c][i] = <e_i, sum_{z in c} g_z>`` (when the classes are known).
+    ``count`` is the number of validation examples."""
+
+    total: Tensor
+    by_class: dict[int, Tensor] | None
+    count: int
+
+
+class _Scored(NamedTuple):
+    index: int
+    size: int
+    projections: Tensor | None  # [B, k] on the CPU, None for a skipped batch
+    losses: Tensor | None
+    batch: Any = None  # the batch on the device (None when skipped)
+
+
+SIGNALS_OF_PROJECTIONS = ("self_influence", "validation_influence", "loss")
+"""The per-example signals an engine computes from one pass over the training data."""
+
+
 class ProjectedInfluence(EngineBase):
-    """Base class: scoring from ``directions [k, P]`` and ``eigenvalues [k]``."""
+    """Base class: scoring from ``directions [k, P]`` and ``eigenvalues [k]``.
+
+    Every score comes from the projected gradients ``P[x, i] = <e_i, g_x>`` of one pass over the
+    data (``_scored``), and the weights ``w_i ~ 1 / lambda_i``:
+
+    * self-influence ``I(x, x) = sum_i w_i P[x, i]^2``;
+    * influence on a test example ``I(x, z) = sum_i w_i P[z, i] P[x, i]``;
+    * validation influence ``V(x) = sum_z I(x, z) = sum_i w_i <e_i, sum_z g_z> P[x, i]`` over a
+      validation set: approximately ``<g_val, H^-1 g_x>`` with ``g_val`` the gradient of the
+      summed validation loss. Negative: removing x would lower the validation loss (x hurts it).
+    """
 
     def __init__(
         self,
@@ -202,6 +252,9 @@ class ProjectedInfluence(EngineBase):
         self.projection_mode_: str | None = (
             None if config.projection == "auto" else config.projection
         )
+        self._owners: Any = None
+        # why projection='auto' passed over a route (recorded in the manifest)
+        self.route_notes: list[str] = []
 
     def _require_fitted(self) -> tuple[Tensor, Tensor]:
         if self.directions is None or self.eigenvalues_ is None:
@@ -233,34 +286,84 @@ class ProjectedInfluence(EngineBase):
             rtol=self.config.eigenvalue_rtol,
         )
 
-    def _project_batch(self, f, params, batch, directions: Tensor, mode: str) -> Tensor:
-        if mode == "jvp":
-            return project_jvp(
-                f, params, batch, directions, self.space, self.config.direction_chunk
+    def _hooked_layers(self) -> Any:
+        """The layers of the hooks route, or why it does not apply (a string); cached."""
+        if self._owners is None:
+            self._owners = hook_support(self.model, self.space.names)
+        return self._owners
+
+    def _project_batch(
+        self, f, params, batch, directions: Tensor, mode: str, *, check: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``([B, k] projections, [B] losses)`` of one batch by route ``mode``."""
+        owners = self._hooked_layers() if mode == "hooks" else None
+        if mode == "hooks" and isinstance(owners, str):
+            raise ConfigurationError(
+                f"projection='hooks' does not apply to this model: {owners}; use "
+                "projection='auto' (it falls back to a vmap route)"
             )
-        return project_grad(f, params, batch, directions, self.space, self._grad_chunk())
+        return project(
+            mode,
+            f,
+            params,
+            batch,
+            directions,
+            self.space,
+            example_chunk=self._grad_chunk(),
+            direction_chunk=self.config.direction_chunk,
+            model=self.model,
+            owners=owners,
+            check=check,
+        )
 
-    def _choose_projection(self, f, params, batch, directions: Tensor) -> tuple[str, Tensor | None]:
-        """Pick the faster route for ``projection='auto'``; return it and, when already computed,
-        the first batch's projections.
+    def _choose_projection(
+        self, f, params, batch, directions: Tensor
+    ) -> tuple[str, tuple[Tensor, Tensor] | None]:
+        """Pick the route for ``projection='auto'``; return it and, when already computed, the
+        first batch's projections and losses.
 
-        The grad route is timed on the whole first batch (its result is kept, so the timing costs
-        nothing): its per-call overhead (``vmap(grad)``) is large, so timing it on a small slice,
-        as an earlier version did, made it look several times dearer per example than on real
-        batches and picked the forward-mode route where it was 2-3x slower. The jvp route's cost
-        per example and direction hardly depends on the batch size, so it is timed on a 16-example
-        slice with one chunk of directions and extrapolated to the batch and to all directions.
+        * ``hooks`` when every selected parameter sits in a layer it covers and the first batch
+          passes its exactness check (the sum over the batch equals the gradient of the summed
+          loss): one ordinary backward pass, the cheapest route.
+        * otherwise the faster of ``grad`` (``vmap`` of per-example gradients; ``loop`` when
+          ``vmap`` cannot trace the model) and ``jvp`` (forward mode), timed: the grad route on
+          the whole first batch (its per-call overhead is large, so timing it on a small slice
+          made it look several times dearer per example than on real batches), the jvp route on
+          a 16-example slice with one chunk of directions, extrapolated.
         """
         device = self.device
         if device.type == "xla":
             # Reverse mode only: torch-xla 2.9 gets forward mode wrong for some losses
-            # (F.cross_entropy with reduction='mean').
+            # (F.cross_entropy with reduction='mean'); static shapes, no hooks.
             return "grad", None
+        owners = self._hooked_layers()
+        if isinstance(owners, str):
+            self.route_notes.append(f"hooks: {owners}")
+        else:
+            try:
+                return "hooks", self._project_batch(
+                    f, params, batch, directions, "hooks", check=True
+                )
+            except HooksUnsupported as err:
+                # expected for some models (a weight penalty in the loss, a position embedding
+                # broadcast over the batch): recorded in the manifest, not warned about
+                self.route_notes.append(f"hooks: {err}")
         size = _batch.batch_size(batch)
         k = directions.shape[0]
         chunk = min(k, self.config.direction_chunk)
         one = _batch.slice_batch(batch, 0, 1)
-        self._project_batch(f, params, one, directions[:chunk], "grad")  # warm up both routes
+        reverse = "grad"
+        try:
+            self._project_batch(f, params, one, directions[:chunk], "grad")  # warm-up
+        except RuntimeError as err:
+            if "vmap" not in str(err):
+                raise
+            # Data-dependent control flow in the model (an attention mask checked with
+            # `if mask.all()`, say): one example at a time traces it as training does.
+            note = f"vmap cannot trace this model ({str(err).splitlines()[0][:120]})"
+            self.route_notes.append(f"grad: {note}")
+            self._warn(f"projection='auto': {note}; per-example gradients one example at a time")
+            reverse = "loop"
         try:
             self._project_batch(f, params, one, directions[:chunk], "jvp")
         except (NotImplementedError, RuntimeError) as err:
@@ -268,13 +371,13 @@ class ProjectedInfluence(EngineBase):
             # per-example-gradient route computes the same numbers.
             self._warn(
                 f"projection='auto': the forward-mode route fails on this model "
-                f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); using 'grad'"
+                f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); using {reverse!r}"
             )
-            return "grad", None
+            return reverse, None
 
         sync_device(device)
         start = time.perf_counter()
-        first = self._project_batch(f, params, batch, directions, "grad")
+        first = self._project_batch(f, params, batch, directions, reverse)
         sync_device(device)
         grad_seconds = time.perf_counter() - start
 
@@ -284,7 +387,7 @@ class ProjectedInfluence(EngineBase):
         self._project_batch(f, params, probe, directions[:chunk], "jvp")
         sync_device(device)
         jvp_seconds = (time.perf_counter() - start) * (size / min(16, size)) * (k / chunk)
-        return ("jvp" if jvp_seconds < grad_seconds else "grad"), first
+        return ("jvp" if jvp_seconds < grad_seconds else reverse), first
 
     def _settle_projection(self, f, params, batch: Any, directions: Tensor) -> None:
         """Fix the projection route at fit time (saved in ``state_dict``): scores are reproducible."""
@@ -293,46 +396,162 @@ class ProjectedInfluence(EngineBase):
         else:
             self.projection_mode_ = self._choose_projection(f, params, batch, directions)[0]
 
-    def project(self, loader: Iterable[Any], *, desc: str = "Projecting") -> Tensor:
-        """``[N, k]`` projected gradients ``<e_i, g_x>`` of every example, in loader order (CPU)."""
+    def _scored(
+        self,
+        loader: Iterable[Any],
+        what: str,
+        *,
+        skip: Callable[[int], bool] | None = None,
+        desc: str = "Projecting",
+        total: int | None = None,
+    ) -> Iterator[_Scored]:
+        """The one pass over scored data: per batch, its projected gradients and losses (CPU).
+
+        ``skip(i)`` True leaves batch ``i`` unscored (it is read, not moved or differentiated):
+        resumed shards. The first scored batch's losses are checked (one per example, finite) and
+        fix the projection route under ``projection='auto'``.
+        """
         directions, _ = self._require_fitted()
-        out = []
+        bar = tqdm(total=total, desc=desc, unit="ex", disable=not self.config.progress, leave=False)
+        checked = False
         with analysis_context(self.model):
             f, params = self.functional_loss(), self.parameters()
-            bar = tqdm(desc=desc, unit="batch", disable=not self.config.progress, leave=False)
-            for i, batch in enumerate(self.batches(loader, "scoring")):
-                if i == 0:
+            device = self.device
+            index = -1
+            for index, raw in enumerate(loader):
+                if skip is not None and skip(index):
+                    size = _batch.batch_size(raw)
+                    bar.update(size)
+                    yield _Scored(index, size, None, None)
+                    continue
+                batch = self._prepare(raw, device)
+                size = _batch.batch_size(batch)
+                result = None
+                if not checked:
                     with torch.no_grad():
-                        check_losses(
-                            f(params, batch),
-                            _batch.batch_size(batch),
-                            "batch 0 of the scoring loader",
-                        )
+                        check_losses(f(params, batch), size, f"batch {index} of the {what} loader")
+                    checked = True
                     if self.projection_mode_ is None:
-                        self.projection_mode_, first = self._choose_projection(
+                        self.projection_mode_, result = self._choose_projection(
                             f, params, batch, directions
                         )
-                        if first is not None:
-                            out.append(first.cpu())
-                            bar.update()
-                            continue
-                out.append(
-                    self._project_batch(f, params, batch, directions, self.projection_mode_).cpu()
-                )
-                bar.update()
-            bar.close()
-        projections = torch.cat(out)
-        if not bool(torch.isfinite(projections).all()):
-            raise FloatingPointError(
-                "projected gradients contain NaN or Inf: a loss or gradient overflowed on the "
-                "scoring data; check for non-finite inputs or losses"
+                if result is None:
+                    result = self._project_batch(
+                        f, params, batch, directions, self.projection_mode_
+                    )
+                projections, losses = result[0].cpu(), result[1].cpu()
+                if not bool(torch.isfinite(projections).all()):
+                    raise FloatingPointError(
+                        f"projected gradients of batch {index} of the {what} loader contain NaN "
+                        "or Inf: a loss or gradient overflowed; check its inputs and losses"
+                    )
+                bar.update(size)
+                yield _Scored(index, size, projections, losses, batch)
+        bar.close()
+        if index < 0:
+            raise ValueError(
+                f"the {what} loader yielded no batches: pass a loader over at least one example"
             )
-        return projections
+
+    def project(self, loader: Iterable[Any], *, desc: str = "Projecting") -> Tensor:
+        """``[N, k]`` projected gradients ``<e_i, g_x>`` of every example, in loader order (CPU)."""
+        return torch.cat([s.projections for s in self._scored(loader, "scoring", desc=desc)])
 
     def self_influence(self, loader: Iterable[Any]) -> Tensor:
         """``[N]`` self-influence ``I(x, x) = sum_i w_i <e_i, g_x>^2`` in loader order."""
-        projections = self.project(loader, desc="Self-influence")
+        projections = self.project(loader, desc="Self-influence").double()
         return scores.self_influence(projections, self.inverse_eigenvalue_weights)
+
+    def validation_projection(
+        self,
+        loader: Iterable[Any],
+        *,
+        targets: Callable[[Any], Tensor | None] | None = _batch.class_targets,
+    ) -> ValidationProjection:
+        """The projected gradients of a validation set, in total and per class.
+
+        ``total[i] = <e_i, sum_z g_z>`` (the gradient of the summed validation loss on the
+        eigenvectors) and, when ``targets(batch)`` gives each example's class, the same sum per
+        class. Costs one pass of projections over the validation set.
+
+        Args:
+            loader: the validation data (any order; its losses must be finite).
+            targets: ``batch -> [B]`` class indices, or None for no classes; the default finds
+                the class-index tensor of ``(inputs, targets)`` and dict (``"labels"``) batches.
+        """
+        _, lam = self._require_fitted()
+        total = torch.zeros(lam.numel(), dtype=torch.float64)
+        by_class: dict[int, Tensor] | None = {} if targets is not None else None
+        count = 0
+        for scored in self._scored(loader, "validation", desc="Validation"):
+            assert scored.projections is not None
+            p = scored.projections.double()
+            total += p.sum(0)
+            count += scored.size
+            if by_class is not None:
+                classes = targets(scored.batch) if targets is not None else None
+                if classes is None:
+                    by_class = None
+                    continue
+                classes = torch.as_tensor(classes).detach().cpu().long().reshape(-1)
+                for c in classes.unique().tolist():
+                    part = p[classes == c].sum(0)
+                    by_class[c] = by_class[c] + part if c in by_class else part
+        return ValidationProjection(total, by_class, count)
+
+    def validation_influence(
+        self, train_loader: Iterable[Any], val_loader: Iterable[Any]
+    ) -> Tensor:
+        """``[N]`` validation influence ``V(x) = sum_z I(x, z)`` of every training example over
+        the validation set, in ``train_loader`` order: ``sum_i w_i <e_i, sum_z g_z> <e_i, g_x>``,
+        approximately ``<g_val, H^-1 g_x>``.
+
+        Negative: removing x would lower the validation loss (x hurts the validation set: a
+        mislabeled example, say); positive: x helps it. Equal to
+        ``influence(train_loader, val_loader).sum(0)`` at the cost of one pass over each set.
+        """
+        val = self.validation_projection(val_loader, targets=None)
+        return self.signals(train_loader, validation=val)["validation_influence"]
+
+    def signals(
+        self,
+        loader: Iterable[Any],
+        *,
+        validation: ValidationProjection | None = None,
+    ) -> dict[str, Tensor]:
+        """Every per-example signal of one pass over ``loader``, in loader order (float64, CPU):
+
+        * ``self_influence``: ``sum_i w_i P[x, i]^2``;
+        * ``loss``: the per-example loss at the current weights (eval mode);
+        * with ``validation`` (``validation_projection(val_loader)``): ``validation_influence``
+          ``sum_i w_i v_i P[x, i]`` and, when the validation classes are known,
+          ``validation_influence_class_<c>`` per class c.
+        """
+        weights = self.inverse_eigenvalue_weights
+        out: dict[str, list[Tensor]] = {}
+        for scored in self._scored(loader, "scoring", desc="Scoring"):
+            assert scored.projections is not None and scored.losses is not None
+            for name, value in self._batch_signals(
+                scored.projections, scored.losses, weights, validation
+            ).items():
+                out.setdefault(name, []).append(value)
+        return {name: torch.cat(parts) for name, parts in out.items()}
+
+    @staticmethod
+    def _batch_signals(
+        projections: Tensor,
+        losses: Tensor,
+        weights: Tensor,
+        validation: ValidationProjection | None,
+    ) -> dict[str, Tensor]:
+        p = projections.double()
+        w = weights.to(p)
+        out = {"self_influence": scores.self_influence(p, w), "loss": losses.double()}
+        if validation is not None:
+            out["validation_influence"] = p @ (w * validation.total.to(p))
+            for c, v in sorted((validation.by_class or {}).items()):
+                out[f"validation_influence_class_{c}"] = p @ (w * v.to(p))
+        return out
 
     def self_influence_shards(
         self,
@@ -341,20 +560,23 @@ class ProjectedInfluence(EngineBase):
         *,
         shard_batches: int = 64,
         resume: bool = True,
+        validation: ValidationProjection | None = None,
     ) -> Path:
-        """Self-influence of every example of ``loader``, written in shards as it is computed.
+        """Every signal of ``signals`` for every example of ``loader``, written in shards as it is
+        computed (``read_scores(dir)`` reads the self-influence, ``read_signals(dir)`` all).
 
         Memory does not grow with N: each shard of ``shard_batches`` batches is written (atomically)
         as soon as it is scored and then dropped. A run killed at any point and started again with
         the same engine, loader and arguments skips the complete shards (their batches are read
         but not scored) and gives scores identical to an uninterrupted run. A progress bar shows
-        examples per second. ``lightning_influence.io.shards.read_scores(dir)`` reads the result.
+        examples per second.
 
         Args:
             loader: in a fixed order (no shuffling): shards are positions in it.
             output_dir: the score directory (see ``lightning_influence.io.shards``).
             shard_batches: batches per shard.
             resume: keep an earlier run's complete shards (same arguments); False starts over.
+            validation: a ``validation_projection``, to stream validation influence too.
 
         Returns:
             ``output_dir``.
@@ -364,16 +586,12 @@ class ProjectedInfluence(EngineBase):
                 dataset of another size.
             OSError: a shard could not be written (the message says what is kept).
         """
-        from lightning_influence.config import ConfigurationError
-        from lightning_influence.io.shards import ScoreShards
-
         if shard_batches < 1:
             raise ValueError(f"shard_batches={shard_batches} must be a positive integer")
         if isinstance(getattr(loader, "sampler", None), RandomSampler):
             raise ConfigurationError(
                 "resumable scoring needs a loader in a fixed order: build it with shuffle=False"
             )
-        directions, _ = self._require_fitted()
         weights = self.inverse_eigenvalue_weights
         dataset = getattr(loader, "dataset", None)
         num_examples = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
@@ -382,59 +600,35 @@ class ProjectedInfluence(EngineBase):
             "shard_batches": shard_batches,
             "batch_size": getattr(loader, "batch_size", None),
         }
+        if validation is not None:
+            digest = hashlib.sha1(validation.total.double().numpy().tobytes()).hexdigest()
+            arguments["validation_sha1"] = digest
         shards = ScoreShards(output_dir, arguments, num_examples=num_examples, resume=resume)
-        bar = tqdm(
-            total=num_examples,
-            desc="Self-influence",
-            unit="ex",
-            disable=not self.config.progress,
-            leave=False,
-        )
         position = start = 0
-        pending: list[Tensor] = []
-        checked = False
+        pending: dict[str, list[Tensor]] = {}
         k = -1
-        with analysis_context(self.model):
-            f, params = self.functional_loss(), self.parameters()
-            device = self.device
-            for i, raw in enumerate(loader):
-                k = i // shard_batches
-                if i % shard_batches == 0:
-                    start = position
-                if shards.done(k):
-                    size = _batch.batch_size(raw)
-                else:
-                    batch = self._prepare(raw, device)
-                    size = _batch.batch_size(batch)
-                    if not checked:
-                        with torch.no_grad():
-                            check_losses(f(params, batch), size, f"batch {i} of the scoring loader")
-                        checked = True
-                    if self.projection_mode_ is None:
-                        self.projection_mode_ = self._choose_projection(
-                            f, params, batch, directions
-                        )[0]
-                    projections = self._project_batch(
-                        f, params, batch, directions, self.projection_mode_
-                    ).cpu()
-                    if not bool(torch.isfinite(projections).all()):
-                        raise FloatingPointError(
-                            f"projected gradients of batch {i} contain NaN or Inf: check its "
-                            "inputs and losses"
-                        )
-                    pending.append(scores.self_influence(projections, weights))
-                    if (i + 1) % shard_batches == 0:
-                        shards.write(k, start, torch.cat(pending))
-                        pending = []
-                position += size
-                bar.update(size)
-            if pending:
-                shards.write(k, start, torch.cat(pending))
-        bar.close()
-        if k < 0:
-            raise ValueError(
-                "the scoring loader yielded no batches: pass a loader over at least one example"
-            )
+        for scored in self._scored(
+            loader,
+            "scoring",
+            skip=lambda i: shards.done(i // shard_batches),
+            desc="Scoring",
+            total=num_examples,
+        ):
+            i = scored.index
+            k = i // shard_batches
+            if i % shard_batches == 0:
+                start = position
+            if scored.projections is not None and scored.losses is not None:
+                for name, value in self._batch_signals(
+                    scored.projections, scored.losses, weights, validation
+                ).items():
+                    pending.setdefault(name, []).append(value)
+                if (i + 1) % shard_batches == 0:
+                    shards.write(k, start, {n: torch.cat(v) for n, v in pending.items()})
+                    pending = {}
+            position += scored.size
+        if pending:
+            shards.write(k, start, {n: torch.cat(v) for n, v in pending.items()})
         shards.finish(k + 1, position)
         return Path(output_dir)
 
@@ -460,24 +654,14 @@ class ProjectedInfluence(EngineBase):
 
         Positive when removing training example x would raise the loss on test example z.
         """
-        train = self.project(train_loader, desc="Projecting train")
-        test = self.project(test_loader, desc="Projecting test")
+        train = self.project(train_loader, desc="Projecting train").double()
+        test = self.project(test_loader, desc="Projecting test").double()
         return scores.influence(test, train, self.inverse_eigenvalue_weights)
 
-    def top_influences(
-        self, train_loader: Iterable[Any], test_loader: Iterable[Any], k: int = 10
-    ) -> TopInfluences:
-        """The ``k`` strongest proponents and opponents in ``train_loader`` of each test example."""
-        if k < 1:
-            raise ValueError(f"k={k} must be a positive integer")
-        matrix = self.influence(train_loader, test_loader)
-        k = min(k, matrix.shape[1])
-        top = matrix.topk(k, dim=1)
-        bottom = (-matrix).topk(k, dim=1)
-        return TopInfluences(top.indices, top.values, bottom.indices, -bottom.values)
-
     # -- persistence ---------------------------------------------------------------------------
-    def _base_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """The directions, eigenvalues, parameter layout, route and config: enough to score later
+        without refitting."""
         directions, lam = self._require_fitted()
         return {
             "engine": type(self).__name__,
@@ -491,12 +675,16 @@ class ProjectedInfluence(EngineBase):
             "projection_mode": self.projection_mode_,
         }
 
-    def _load_base_state(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved (the config too, except ``progress``)."""
         if state.get("engine") != type(self).__name__:
             raise ValueError(
                 f"state_dict was saved by {state.get('engine')!r}, not {type(self).__name__}: load it "
                 "into the engine that produced it"
             )
+        saved = dict(state["config"])
+        saved["progress"] = self.config.progress
+        self.config = type(self.config)(**saved)
         self.space.check_compatible(state["param_names"], state["param_shapes"])
         directions = state["directions"]
         if (

@@ -101,13 +101,3 @@ class RandomProjectionInfluence(ProjectedInfluence):
             self._settle_projection(f, params, batches[0], self.directions)
         self.eigenvalues_ = mu
         return self
-
-    def state_dict(self) -> dict[str, Any]:
-        """Directions ``U^T G``, eigenvalues ``mu``, the parameter layout and the config."""
-        return self._base_state()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = dict(state["config"])
-        saved["progress"] = self.config.progress
-        self.config = RandomProjectionConfig(**saved)
-        self._load_base_state(state)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_influence.config import ScoringConfig
+from lightning_influence.config import TracInConfig, with_overrides
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.functional_loss import LossFn
@@ -35,8 +35,11 @@ class TracInInfluence(EngineBase):
         checkpoints: state dicts, Lightning checkpoints, or paths to either.
         learning_rates: one per checkpoint, or a single float for all.
         params, transfer_batch: as for ``ArnoldiInfluence``.
-        example_chunk, progress: as in ``ScoringConfig``.
+        config: a ``TracInConfig``; or pass its fields (``example_chunk``, ``compute_dtype``,
+            ``progress``) as keywords.
     """
+
+    config: TracInConfig
 
     def __init__(
         self,
@@ -46,11 +49,11 @@ class TracInInfluence(EngineBase):
         learning_rates: float | Sequence[float] = 1.0,
         *,
         params: ParamSelector = None,
+        config: TracInConfig | None = None,
         transfer_batch: TransferFn | None = None,
-        example_chunk: int | None = None,
-        progress: bool = True,
+        **kwargs: Any,
     ) -> None:
-        config = ScoringConfig(projection="grad", example_chunk=example_chunk, progress=progress)
+        config = with_overrides(TracInConfig, config, kwargs)
         super().__init__(model, loss_fn, config, params=params, transfer_batch=transfer_batch)
         if len(checkpoints) == 0:
             raise ValueError(
@@ -99,6 +102,50 @@ class TracInInfluence(EngineBase):
                 total = lr * norms if total is None else total + lr * norms
         assert total is not None
         return total
+
+    def validation_influence(
+        self, train_loader: Iterable[Any], val_loader: Iterable[Any]
+    ) -> Tensor:
+        """``[N]``: ``sum_c eta_c <sum_z g_c(z), g_c(x)>`` over a validation set (the influence
+        matrix on it, summed over it, without the inverse curvature)."""
+        total: Tensor | None = None
+        with analysis_context(self.model):
+            f = self.functional_loss()
+            for ckpt, lr in zip(self.checkpoints, self.learning_rates, strict=True):
+                params = self.parameters(ckpt)
+                g_val = sum(g.sum(0) for g in self._gradients(f, params, val_loader, "validation"))
+                assert isinstance(g_val, Tensor)
+                values = torch.cat(
+                    [(g @ g_val).cpu() for g in self._gradients(f, params, train_loader, "train")]
+                )
+                total = lr * values if total is None else total + lr * values
+        assert total is not None
+        return total.double()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoints' selected parameters, the learning rates, the layout and the config."""
+        return {
+            "engine": type(self).__name__,
+            "config": self.config.to_dict(),
+            "param_names": list(self.space.names),
+            "param_shapes": [list(s) for s in self.space.shapes],
+            "checkpoints": [{n: t.detach().cpu() for n, t in c.items()} for c in self.checkpoints],
+            "learning_rates": list(self.learning_rates),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved (the config too, except ``progress``)."""
+        if state.get("engine") != type(self).__name__:
+            raise ValueError(
+                f"state_dict was saved by {state.get('engine')!r}, not {type(self).__name__}: "
+                "load it into the engine that produced it"
+            )
+        self.space.check_compatible(state["param_names"], state["param_shapes"])
+        saved = dict(state["config"])
+        saved["progress"] = self.config.progress
+        self.config = TracInConfig(**saved)
+        self.checkpoints = [dict(c) for c in state["checkpoints"]]
+        self.learning_rates = [float(lr) for lr in state["learning_rates"]]
 
     def influence(self, train_loader: Iterable[Any], test_loader: Iterable[Any]) -> Tensor:
         """``[N_test, N_train]``: ``sum_c eta_c <g_c(z), g_c(x)>``."""

@@ -4,8 +4,12 @@ A score directory::
 
     <dir>/
         index.json            what the scores are (arguments, dataset size), then which shards exist
-        shard-000000.csv      position,score   (rows in loader order)
+        shard-000000.csv      position,self_influence,loss,...   (rows in loader order)
         shard-000001.csv      ...
+
+A shard holds one column per signal (``self_influence``, ``loss``, ``validation_influence``, ...);
+directories written before signals existed hold ``position,score`` (the self-influence), which
+``read_signals`` reads as ``self_influence``.
 
 Every shard is written to a temporary name and renamed into place (``atomic_write``): a shard
 file that exists is complete, so a run killed at any point (SIGKILL included) and started again
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,7 +32,7 @@ from lightning_influence.config import ConfigurationError
 from lightning_influence.io.atomic import atomic_write
 from lightning_influence.io.manifest import argument_differences
 
-__all__ = ["INDEX_FILE", "ScoreShards", "read_scores"]
+__all__ = ["INDEX_FILE", "ScoreShards", "read_scores", "read_signals"]
 
 INDEX_FILE = "index.json"
 
@@ -117,13 +120,18 @@ class ScoreShards:
         """Whether shard ``k`` was written completely (by this run or an earlier one)."""
         return (self.directory / _shard_name(k)).is_file()
 
-    def write(self, k: int, start: int, scores: Tensor) -> None:
-        """Write shard ``k``: ``scores`` of loader positions ``start, start + 1, ...``."""
-        values = scores.detach().cpu().double().tolist()
+    def write(self, k: int, start: int, signals: Tensor | dict[str, Tensor]) -> None:
+        """Write shard ``k``: the signals (one ``[n]`` tensor per name; a tensor alone is the
+        self-influence) of loader positions ``start, start + 1, ...``."""
+        if isinstance(signals, Tensor):
+            signals = {"self_influence": signals}
+        names = list(signals)
+        columns = [signals[n].detach().cpu().double().tolist() for n in names]
 
         def rows(handle: IO[str]) -> None:
-            handle.write("position,score\n")
-            handle.writelines(f"{start + i},{v!r}\n" for i, v in enumerate(values))
+            handle.write(",".join(["position", *names]) + "\n")
+            for i, values in enumerate(zip(*columns, strict=True)):
+                handle.write(",".join([str(start + i), *map(repr, values)]) + "\n")
 
         self._guarded(f"shard {k}", lambda: atomic_write(self.directory / _shard_name(k), rows))
 
@@ -137,8 +145,8 @@ class ScoreShards:
         self._write_index(complete=True, shards=shards, total=total)
 
 
-def read_scores(directory: str | os.PathLike) -> Tensor:
-    """``[N]`` float64 scores of a complete score directory, in loader order.
+def read_signals(directory: str | os.PathLike) -> dict[str, Tensor]:
+    """Every signal of a complete score directory: ``{name: [N] float64}``, in loader order.
 
     Raises:
         FileNotFoundError: not a score directory, or not complete (a run was interrupted: rerun
@@ -154,13 +162,37 @@ def read_scores(directory: str | os.PathLike) -> Tensor:
             f"{directory} is not complete (an interrupted run): rerun it with the same arguments, "
             "which resumes from the complete shards"
         )
-    parts: Iterable[Tensor] = (
-        _read_shard(directory / _shard_name(k)) for k in range(int(content["shards"]))
-    )
-    return torch.cat(list(parts)) if content["shards"] else torch.zeros(0, dtype=torch.float64)
+    parts: dict[str, list[Tensor]] = {}
+    for k in range(int(content["shards"])):
+        for name, values in _read_shard(directory / _shard_name(k)).items():
+            parts.setdefault(name, []).append(values)
+    if not parts:
+        return {"self_influence": torch.zeros(0, dtype=torch.float64)}
+    return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def _read_shard(path: Path) -> Tensor:
+def read_scores(directory: str | os.PathLike, signal: str = "self_influence") -> Tensor:
+    """``[N]`` float64 scores of one signal (the self-influence by default) of a complete score
+    directory, in loader order.
+
+    Raises:
+        FileNotFoundError: not a score directory, or not complete (a run was interrupted: rerun
+            it with the same arguments to resume).
+        KeyError: the directory holds no such signal (the message lists those it holds).
+    """
+    signals = read_signals(directory)
+    if signal not in signals:
+        raise KeyError(
+            f"{os.fspath(directory)} holds no signal {signal!r}; it holds {', '.join(signals)}"
+        )
+    return signals[signal]
+
+
+def _read_shard(path: Path) -> dict[str, Tensor]:
     with open(path) as handle:
-        handle.readline()
-        return torch.tensor([float(line.split(",")[1]) for line in handle], dtype=torch.float64)
+        header = handle.readline().strip().split(",")[1:]
+        names = ["self_influence" if h == "score" else h for h in header]  # before signals
+        rows = [line.strip().split(",")[1:] for line in handle if line.strip()]
+    values = torch.tensor([[float(v) for v in row] for row in rows], dtype=torch.float64)
+    values = values.reshape(len(rows), len(names))
+    return {name: values[:, j].contiguous() for j, name in enumerate(names)}

@@ -51,9 +51,14 @@ def test_projection_routes_and_hvp_modes_agree():
     torch.testing.assert_close(
         a.self_influence(batches), b.self_influence(batches), rtol=1e-8, atol=1e-12
     )
+    for route in ("hooks", "loop"):
+        c = _fit(model, batches, projection=route)
+        torch.testing.assert_close(
+            c.self_influence(batches), a.self_influence(batches), rtol=1e-8, atol=1e-12
+        )
     auto = _fit(model, batches)
     auto.self_influence(batches)
-    assert auto.projection_mode_ in ("jvp", "grad")
+    assert auto.projection_mode_ == "hooks"  # every parameter sits in a Linear layer
 
 
 def test_top_influences_are_the_extremes_of_the_matrix():
@@ -116,7 +121,9 @@ def test_float32_model_is_analysed_in_float32_and_modes_are_restored():
             batches
         )
         scores = engine.self_influence(batches)
-    assert scores.dtype == torch.float32 and torch.isfinite(scores).all() and (scores >= 0).all()
+    # projections in the model's float32, the scores summed in float64
+    assert engine.project(batches).dtype == torch.float32 and scores.dtype == torch.float64
+    assert torch.isfinite(scores).all() and (scores >= 0).all()
     assert model.training and not model[1].training and model[2].training
     assert torch.equal(model[1].running_mean, running)  # eval mode: running stats untouched
     with torch.no_grad():

@@ -72,9 +72,10 @@ def test_auto_falls_back_to_per_example_gradients_when_forward_mode_fails(recwar
         def __init__(self):
             super().__init__()
             self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+            self.scale = nn.Parameter(torch.ones(3))  # outside any layer: no hooks route
 
         def forward(self, x):
-            return self.b(NoForwardMode.apply(self.a(x)))
+            return self.b(NoForwardMode.apply(self.a(x))) * self.scale
 
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g))]

@@ -37,6 +37,17 @@ def test_tracin_equals_hand_computation(tmp_path):
     torch.testing.assert_close(
         engine.influence(batches, test), expected_pair, rtol=1e-10, atol=1e-12
     )
+    # validation influence: the influence matrix on the validation set, summed over it
+    torch.testing.assert_close(
+        engine.validation_influence(batches, test), expected_pair.sum(0), rtol=1e-10, atol=1e-12
+    )
+    top = engine.top_influences(batches, test, k=3)
+    assert top.proponents.shape == (len(xt), 3)
+    torch.testing.assert_close(top.proponent_scores, expected_pair.topk(3, dim=1).values)
+    # state_dict round trip into another engine: the same scores
+    other = TracInInfluence(make_mlp(seed=9), cross_entropy, [states[0]], 1.0, progress=False)
+    other.load_state_dict(engine.state_dict())
+    torch.testing.assert_close(other.self_influence(batches), expected_self, rtol=1e-10, atol=1e-12)
 
 
 def test_tracin_errors(tmp_path):
