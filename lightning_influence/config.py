@@ -436,6 +436,28 @@ class AnalysisConfig(ArnoldiConfig):
             "every parameter that requires grad."
         ),
     )
+    validation: Literal["auto", "off"] = field(
+        default="auto",
+        metadata=_help(
+            "'auto': also compute validation influence (sum over the validation set of "
+            "I(x, z), about <g_val, H^-1 g_x>) when a validation loader is there (the callback's "
+            "val_dataloader, else the Trainer's); 'off': never."
+        ),
+    )
+    validation_samples: int | None = field(
+        default=None,
+        metadata=_help(
+            "use a seeded random subset of this many validation examples; None: all of them."
+        ),
+    )
+    dynamics: bool = field(
+        default=True,
+        metadata=_help(
+            "record each example's training loss and margin during training (the signals "
+            "loss_mean and aum; needs InfluenceDataModule's sampler), from the training "
+            "step's own outputs."
+        ),
+    )
     batch_size: int | None = field(
         default=None,
         metadata=_help(
@@ -493,6 +515,7 @@ class AnalysisConfig(ArnoldiConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _int("hvp_samples", self.hvp_samples, 1, "None uses the whole training set", True)
+        _int("validation_samples", self.validation_samples, 1, "None uses all of them", True)
         _int("batch_size", self.batch_size, 1, "None reuses the train loader's", True)
         _int("num_workers", self.num_workers, 0, "0 loads in the main process")
         _int("every_n_epochs", self.every_n_epochs, 0, "0 analyses only at the end of training")
@@ -527,8 +550,19 @@ PruneMode = Literal["drop", "reweight"]
 
 @dataclass
 class PruningConfig(_Config):
-    """What ``InfluenceDataModule`` does with self-influence scores (see ``lightning_influence.pruning``)."""
+    """What ``InfluenceDataModule`` drops or down-weights, and by which signal (see
+    ``lightning_influence.pruning``)."""
 
+    signal: str | list[str] = field(
+        default="auto",
+        metadata=_help(
+            "the per-example signal that ranks the suspects (lightning_influence.pruning.signals): "
+            "a name ('validation_influence', 'loss', 'aum', 'self_influence', 'loss_mean', ...), "
+            "a list of names (their rank mean), or 'auto': the rank mean of the loss and the "
+            "validation influence when the events have a validation set, else the AUM (else the "
+            "loss)."
+        ),
+    )
     mode: PruneMode = field(
         default="drop",
         metadata=_help("'drop' leaves examples out; 'reweight' samples them less often."),
@@ -551,7 +585,8 @@ class PruningConfig(_Config):
     combine: CombineMode = field(
         default="latest",
         metadata=_help(
-            "'latest' (the newest event's scores) or 'mean' (mean quantile over events)."
+            "across events: 'latest' (the newest event's), 'mean' (the mean quantile over "
+            "events) or 'normalized_sum' (each event's suspicion over its mean, summed)."
         ),
     )
     min_per_class: int = field(
@@ -573,6 +608,16 @@ class PruningConfig(_Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from lightning_influence.pruning.signals import signal_spec
+
+        names = [self.signal] if isinstance(self.signal, str) else list(self.signal)
+        if not names:
+            raise ValueError("signal=[] selects nothing: name at least one signal, or 'auto'")
+        if names != ["auto"]:
+            for name in names:
+                signal_spec(name)  # an unknown name: an error listing the valid ones
+        if not isinstance(self.signal, str):
+            self.signal = names
         if not 0.0 <= self.fraction < 1.0:
             raise ValueError(
                 f"fraction={self.fraction!r} must be in [0, 1): the share of the training set "

@@ -55,7 +55,7 @@ def test_both_subsets_write_their_own_event_folder(run):
     for name, folder in folders.items():
         assert folder.parent.name == name
         assert Path(run["logdir"]) in folder.parents  # under --logdir
-        assert {"self_influence.csv", "eigenvalues.csv", "manifest.json"} <= {
+        assert {"signals.csv", "eigenvalues.csv", "manifest.json"} <= {
             p.name for p in folder.iterdir()
         }
 

@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Fit the top-p eigenpairs of the Hessian of the training loss at the "
             "checkpoint's weights and score every training example with its self-influence "
             "I(x, x) = sum_i w_i <e_i, g_x>^2 (high: likely mislabeled or atypical). Writes "
-            "<out>/<name>/epoch=E-step=S/{self_influence.csv, eigenvalues.csv, manifest.json}, the "
+            "<out>/<name>/epoch=E-step=S/{signals.csv, eigenvalues.csv, manifest.json}, the "
             "files InfluenceCallback writes during training."
         ),
         epilog=_MODEL_HELP
@@ -206,7 +206,7 @@ examples:
   lightning-influence score --ckpt logs/version_0/checkpoints/epoch=9-step=500.ckpt \\
       --model my_project.models.Classifier --model.init_args.hidden 64 \\
       --data my_project.data.DigitsData --loss cross_entropy --n-iters 100 --top-k 50
-  # -> logs/version_0/influence/arnoldi-<hash>/epoch=9-step=500/self_influence.csv
+  # -> logs/version_0/influence/arnoldi-<hash>/epoch=9-step=500/signals.csv
   lightning-influence score --config logs/version_0/config.yaml --ckpt CKPT --tensorboard logs
 """,
     )

@@ -4,10 +4,13 @@
 
 1. fits ``ArnoldiInfluence`` on a fixed, seeded sample of the training data (the HVP sample):
    the top-k eigenpairs ``(lambda_i, e_i)`` of the Hessian H of the mean training loss;
-2. scores every training example, in dataset-index order, with its self-influence
-   ``I(x, x) = sum_i w_i <e_i, g_x>^2``, ``w_i ~ 1 / lambda_i``;
-3. writes ``<root>/epoch=E-step=S/`` (see ``lightning_influence.io.events``) and logs spectra,
-   histograms and the most self-influential examples to the runtime's loggers.
+2. projects a clean validation set (when there is one): ``v_i = <e_i, sum_z g_z>``;
+3. scores every training example, in dataset-index order, with its signals from one pass of
+   projected gradients: self-influence ``I(x, x) = sum_i w_i <e_i, g_x>^2``, validation
+   influence ``V(x) = sum_i w_i v_i <e_i, g_x>`` (``w_i ~ 1 / lambda_i``) and the loss;
+4. writes ``<root>/epoch=E-step=S/`` (see ``lightning_influence.io.events``) and logs spectra,
+   histograms and the most suspect examples to the runtime's loggers; the manifest states the
+   cost of each phase and, given the epoch time, of the whole in training epochs.
 
 Under DDP every rank computes HVPs on its share of the HVP sample (one collective per product),
 scores its shard of the dataset, the shards are gathered, and global zero writes the files.
@@ -15,6 +18,7 @@ scores its shard of the dataset, the shards are gathered, and global zero writes
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -26,15 +30,30 @@ from torch import Tensor
 
 from lightning_influence.config import AnalysisConfig, ConfigurationError
 from lightning_influence.engines.arnoldi import ArnoldiInfluence
-from lightning_influence.io.events import ScoringEvent, check_event_folder, write_event
+from lightning_influence.engines.base import ValidationProjection
+from lightning_influence.io.atomic import atomic_write
+from lightning_influence.io.events import (
+    ScoringEvent,
+    check_event_folder,
+    weights_fingerprint,
+    write_event,
+)
 from lightning_influence.io.manifest import analysis_arguments, build_manifest
-from lightning_influence.io.shards import read_scores
+from lightning_influence.io.shards import read_signals
 from lightning_influence.lightning.loaders import LoaderParts, loader_parts, ordered_loader
 from lightning_influence.lightning.loggers import log_event
 from lightning_influence.lightning.runtime import Runtime, preserved_rng_states, score_shard
 from lightning_influence.losses import LossFn, resolve_loss
 
-__all__ = ["Trigger", "build_engine", "fit_engine", "hvp_indices", "run_analysis"]
+__all__ = [
+    "Trigger",
+    "build_engine",
+    "fit_engine",
+    "hvp_indices",
+    "project_validation",
+    "run_analysis",
+    "validation_indices",
+]
 
 Trigger = Literal["epoch_end", "train_end", "manual", "checkpoint"]
 
@@ -120,6 +139,54 @@ def _fitted_or_saved(
     return engine, hvp_examples
 
 
+def validation_indices(num_examples: int, samples: int | None, seed: int) -> Tensor:
+    """The dataset indices of the validation examples used (sorted): all of them, or
+    ``samples`` drawn without replacement with ``seed`` (another stream than the HVP sample's).
+
+    Example:
+        >>> validation_indices(5, None, seed=0).tolist()
+        [0, 1, 2, 3, 4]
+    """
+    return hvp_indices(num_examples, samples, seed + 1_000_003)
+
+
+def project_validation(
+    runtime: Runtime,
+    engine: ArnoldiInfluence,
+    parts: LoaderParts,
+    config: AnalysisConfig,
+) -> ValidationProjection:
+    """The validation set's projected gradients, in total and per class; under DDP every rank
+    projects its block of the validation examples and the sums are added (one collective)."""
+    num = len(parts.dataset)  # type: ignore[arg-type]
+    chosen = validation_indices(num, config.validation_samples, config.seed).tolist()
+    # each rank its contiguous block, without score_shard's padding: every example counts once
+    per_rank = -(-len(chosen) // runtime.world_size)
+    share = chosen[runtime.rank * per_rank : (runtime.rank + 1) * per_rank]
+    loader = ordered_loader(parts, share, num_workers=config.num_workers) if share else []
+    k = engine.eigenvalues.numel()
+    if share:
+        local = engine.validation_projection(loader)
+    else:
+        local = ValidationProjection(torch.zeros(k, dtype=torch.float64), {}, 0)
+    if runtime.world_size == 1:
+        return local
+    classes = sorted((local.by_class or {}).keys())
+    top = torch.tensor([float(max(classes) + 1 if classes else 0)], dtype=torch.float64)
+    reduce = runtime.reduce_sum
+    assert reduce is not None
+    width = int(runtime.strategy.reduce(top.to(runtime.device), reduce_op="max").item())
+    dense = torch.zeros(1 + width, k + 1, dtype=torch.float64)
+    dense[0, :k] = local.total
+    dense[0, k] = local.count
+    for c, v in (local.by_class or {}).items():
+        dense[1 + c, :k] = v
+        dense[1 + c, k] = 1.0  # this class has members on this rank
+    dense = reduce(dense.to(runtime.device)).cpu()
+    by_class = {c: dense[1 + c, :k] for c in range(width) if dense[1 + c, k] > 0}
+    return ValidationProjection(dense[0, :k], by_class, int(dense[0, k]))
+
+
 def run_analysis(
     runtime: Runtime,
     config: AnalysisConfig,
@@ -132,6 +199,9 @@ def run_analysis(
     trigger: Trigger,
     provenance: dict[str, Any] | None = None,
     resume: bool = True,
+    validation_loader: Any = None,
+    extra_signals: dict[str, Tensor] | None = None,
+    epoch_seconds: float | None = None,
 ) -> ScoringEvent:
     """Analyse the training set of ``loader`` at the runtime's current weights; call it on every rank.
 
@@ -149,22 +219,33 @@ def run_analysis(
         resume: with ``config.shard_batches``, continue an interrupted analysis of this event
             from its saved eigenpairs and complete score shards (``<event>/scores/``); False
             starts it over.
+        validation_loader: a clean validation set: adds ``validation_influence`` (and per class)
+            to the event's signals (unless ``config.validation == "off"``).
+        extra_signals: ``[N]`` signals computed elsewhere (the training dynamics), added as is.
+        epoch_seconds: the wall time of one training epoch, to state the analysis' cost in
+            epochs (the manifest's ``cost_epochs``).
 
     Returns:
         The event, written and logged (on global zero) and identical on every rank.
 
     Raises:
         ConfigurationError: arguments, loss or data the analysis cannot use, or an event folder
-            made with other arguments (checked before any computation).
+            made with other arguments or weights (checked before any computation).
     """
     parts = loader_parts(loader, config.batch_size)
     num_examples = len(parts.dataset)  # type: ignore[arg-type]
+    val_parts = None
+    if validation_loader is not None and config.validation != "off":
+        val_parts = loader_parts(validation_loader, config.batch_size, what="validation")
     arguments = analysis_arguments(config, loss_fn)
     root = Path(root)
     folder = root / f"epoch={int(epoch)}-step={int(step)}"
-    runtime.agree(lambda: check_event_folder(folder, arguments))
+    engine_probe = build_engine(runtime, config, loss_fn)
+    weights = weights_fingerprint(engine_probe.parameters())
+    runtime.agree(lambda: check_event_folder(folder, arguments, weights))
 
     streamed = folder / "scores" if config.shard_batches else None
+    timings: dict[str, float] = {}
     wall = time.perf_counter()
     # inference_mode off for the whole analysis, not only the engine's autograd: event tensors
     # made under a caller's inference_mode would be inference tensors, unusable in training.
@@ -177,7 +258,14 @@ def run_analysis(
             None if streamed is None else streamed / "engine.pt",
             resume,
         )
-        fit_seconds = time.perf_counter() - wall
+        timings["fit_seconds"] = time.perf_counter() - wall
+        start = time.perf_counter()
+        validation = None
+        if val_parts is not None:
+            validation = runtime.agree(
+                lambda: project_validation(runtime, engine, val_parts, config)
+            )
+        timings["validation_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         shard = ordered_loader(
             parts,
@@ -185,50 +273,66 @@ def run_analysis(
             num_workers=config.num_workers,
         )
         if streamed is None:
-            local = runtime.agree(lambda: engine.self_influence(shard).double())
+            local = runtime.agree(lambda: engine.signals(shard, validation=validation))
         else:
             # every rank streams its own block of dataset indices into its own shards
             rank_dir = streamed / f"rank-{runtime.rank}-of-{runtime.world_size}"
             local = runtime.agree(
-                lambda: read_scores(
+                lambda: read_signals(
                     engine.self_influence_shards(
-                        shard, rank_dir, shard_batches=config.shard_batches, resume=resume
+                        shard,
+                        rank_dir,
+                        shard_batches=config.shard_batches,
+                        resume=resume,
+                        validation=validation,
                     )
                 )
             )
-        scores = runtime.gather(local)[:num_examples].cpu()
-        scoring_seconds = time.perf_counter() - start
+        signals = {
+            name: runtime.gather(value.double())[:num_examples].cpu().contiguous()
+            for name, value in local.items()
+        }
+        timings["scoring_seconds"] = time.perf_counter() - start
+    for name, value in (extra_signals or {}).items():
+        signals[name] = value.detach().cpu().double().contiguous()
 
     event = ScoringEvent(
         epoch=int(epoch),
         global_step=int(step),
-        self_influence=scores.contiguous(),
+        signals=signals,
         eigenvalues=engine.eigenvalues.detach().cpu().double(),
         residuals=engine.ritz_residuals.detach().cpu().double(),
         directory=str(folder),
     )
+    timings["hvp_seconds"] = float(engine.fit_stats.get("hvp_seconds", float("nan")))
     event.manifest = build_manifest(
         arguments,
         trigger=trigger,
         num_examples=num_examples,
         hvp_examples=hvp_examples,
+        validation_examples=None if validation is None else validation.count,
         num_params=engine.space.dim,
         world_size=runtime.world_size,
         precision=runtime.precision,
         compute_dtype=str(engine.compute_dtype).removeprefix("torch."),
         projection_mode=engine.projection_mode_,
+        projection_notes=list(engine.route_notes),
         fit_stats=dict(engine.fit_stats),
-        timings={
-            "fit_seconds": fit_seconds,
-            "hvp_seconds": float(engine.fit_stats.get("hvp_seconds", float("nan"))),
-            "scoring_seconds": scoring_seconds,
-        },
+        weights_sha256=weights,
+        timings=timings,
         **(provenance or {}),
     )
     # Every rank names the same event: global zero's uid.
     event.uid = runtime.broadcast(event.uid)
+    start = time.perf_counter()
     runtime.agree(lambda: write_event(event, root) if runtime.is_global_zero else None)
+    timings["writing_seconds"] = time.perf_counter() - start
+    total = time.perf_counter() - wall
+    timings["total_seconds"] = total
+    cost = _cost(total, epoch_seconds)
+    event.manifest.update(cost)
     if runtime.is_global_zero:
+        _record_cost(event, cost, timings)
         try:
             log_event(runtime.loggers, event, parts.dataset, top_n=config.log_top_n)
         except Exception as err:  # the scores stand; a logger's failure must not drop them
@@ -239,3 +343,22 @@ def run_analysis(
                 stacklevel=2,
             )
     return event
+
+
+def _cost(total: float, epoch_seconds: float | None) -> dict[str, Any]:
+    if epoch_seconds is None or not epoch_seconds > 0:
+        return {"epoch_seconds": None, "cost_epochs": None}
+    return {"epoch_seconds": epoch_seconds, "cost_epochs": total / epoch_seconds}
+
+
+def _record_cost(event: ScoringEvent, cost: dict[str, Any], timings: dict[str, float]) -> None:
+    """The writing time and the cost in epochs are known only once the files are written: they
+    go into the manifest file in a second, atomic rewrite."""
+    if event.directory is None:
+        return
+    path = Path(event.directory) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(cost)
+    manifest["timings"] = dict(timings)
+    atomic_write(path, lambda h: json.dump(manifest, h, indent=2, default=str))
+    event.manifest["timings"] = dict(timings)

@@ -15,14 +15,16 @@ over ranks and gathered, and global zero writes the files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from lightning_influence.config import (
@@ -32,9 +34,11 @@ from lightning_influence.config import (
     with_overrides,
 )
 from lightning_influence.core.parameters import select_parameters
-from lightning_influence.io.events import ScoringEvent
+from lightning_influence.io.events import EventRef, ScoringEvent
 from lightning_influence.io.manifest import analysis_arguments, analysis_name
+from lightning_influence.lightning import compat
 from lightning_influence.lightning.analysis import Trigger, run_analysis
+from lightning_influence.lightning.dynamics import TrainingDynamics
 from lightning_influence.lightning.namespaces import MisconfigurationException, bases
 from lightning_influence.lightning.runtime import Runtime
 from lightning_influence.losses import LossFn, resolve_loss
@@ -43,10 +47,13 @@ if TYPE_CHECKING:
     import pandas
     import pytorch_lightning as pl
 
-__all__ = ["InfluenceCallback"]
+__all__ = ["STATE_KIND", "InfluenceCallback"]
 
 # 2: events carry a uid; the state names the analysis and the last trained (epoch, step).
-_STATE_VERSION = 2
+# 3: written events are references to their folders; the training dynamics' sums.
+_STATE_VERSION = 3
+STATE_KIND = "lightning_influence.InfluenceCallback"
+"""Marks an InfluenceCallback's state in a checkpoint's ``callbacks`` (whatever its state_key)."""
 
 
 class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
@@ -73,6 +80,10 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
             differ from the defaults, so callbacks with other arguments never share a folder.
             Writing into an event folder made with other arguments is refused.
         dirpath: where the analysis' folder goes; None: ``<trainer.log_dir>/influence``.
+        val_dataloader: a clean validation set for validation influence; None: the fit's own
+            validation loader (the DataModule's or LightningModule's ``val_dataloader()``, or
+            the one passed to ``fit``), when there is one. Without any, the events hold no
+            validation influence.
         progress: progress bars during fit and scoring; None follows the trainer's progress bar.
         **overrides: ``AnalysisConfig`` fields replacing those of ``config`` (``n_iters=100``,
             ``top_k=50``, ``every_n_epochs=5``, ...): the same names everywhere, documented on
@@ -102,6 +113,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         *,
         name: str | None = None,
         dirpath: str | os.PathLike | None = None,
+        val_dataloader: DataLoader | None = None,
         progress: bool | None = None,
         **overrides: Any,
     ) -> None:
@@ -137,10 +149,15 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         self.name = name or analysis_name(self.arguments)
         self.dirpath = None if dirpath is None else os.fspath(dirpath)
         self.progress = progress
+        self.val_dataloader = val_dataloader
         self.events: list[ScoringEvent] = []
         # (epoch, global step) after the newest training batch: the epoch that names an event of
         # that step, whichever hook asks (an epoch end, train end, or analyze() after a stop).
         self._last_trained: tuple[int, int] | None = None
+        self._resolved_loss: LossFn | None = None
+        self._dynamics: TrainingDynamics | None = None
+        self._epoch_started: float | None = None
+        self._epoch_seconds: float | None = None
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -154,14 +171,27 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         # The folder's name plus the schedule: two callbacks that compute the same events on
         # other epochs keep their own state.
         schedule = {k: self.arguments[k] for k in field_names(AnalysisConfig, "schedule")}
-        return self._generate_state_key(name=self.name, **schedule)
+        key = self._generate_state_key(name=self.name, **schedule)
+        # Lightning refuses two callbacks of one state_key with a message that cannot say how
+        # to tell two InfluenceCallbacks apart: say it here, when its check asks.
+        callbacks = compat.callbacks_being_validated()
+        if callbacks is not None:
+            twins = [c for c in callbacks if isinstance(c, InfluenceCallback) and c is not self]
+            if any(c.name == self.name and c.arguments == self.arguments for c in twins):
+                raise MisconfigurationException(
+                    f"two InfluenceCallbacks with the same arguments and name {self.name!r}: "
+                    "their checkpoint state would collide. Give each a different name= "
+                    "(InfluenceCallback(..., name='first')), or keep one"
+                )
+        return key
 
-    def latest_scores(self) -> Tensor:
-        """``[N]`` float64 self-influence of the newest event, indexed by dataset index."""
-        return self._require_event().self_influence
+    def latest_scores(self, signal: str = "self_influence") -> Tensor:
+        """``[N]`` float64 signal of the newest event (the self-influence by default), indexed
+        by dataset index."""
+        return self._require_event().signal(signal)
 
     def latest_scores_frame(self) -> pandas.DataFrame:
-        """The newest scores as a DataFrame indexed by dataset index, column ``self_influence``.
+        """The newest event's signals as a DataFrame indexed by dataset index, one column each.
 
         Needs pandas (``pip install lightning-influence[pandas]``).
         """
@@ -174,8 +204,8 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
             ) from err
         event = self._require_event()
         frame = pandas.DataFrame(
-            {"self_influence": event.self_influence.numpy()},
-            index=pandas.RangeIndex(event.self_influence.numel(), name="index"),
+            {name: value.numpy() for name, value in event.signals.items()},
+            index=pandas.RangeIndex(event.num_examples, name="index"),
         )
         frame.attrs.update(epoch=event.epoch, global_step=event.global_step)
         return frame
@@ -215,14 +245,85 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        unsupported = unsupported_strategy(trainer.strategy)
-        if unsupported is not None:
-            raise MisconfigurationException(f"InfluenceCallback({self.name}): {unsupported}")
+        if compat.is_sharded(trainer.strategy):
+            raise MisconfigurationException(
+                f"InfluenceCallback({self.name}): strategy {type(trainer.strategy).__name__} "
+                "shards the parameters across ranks, which this analysis does not support (its "
+                "Hessian-vector products need whole parameters on every rank): train with "
+                "strategy='ddp', or analyse a saved checkpoint with analyze_checkpoint / "
+                "lightning-influence score"
+            )
+        twins = [c for c in trainer.callbacks if isinstance(c, InfluenceCallback) and c is not self]
+        if any(c.state_key == self.state_key for c in twins):
+            raise MisconfigurationException(
+                f"two InfluenceCallbacks with the same arguments and name {self.name!r}: their "
+                "checkpoint state would collide. Give each a different name= "
+                "(InfluenceCallback(..., name='first')), or keep one"
+            )
         try:
-            resolve_loss(self.loss_fn, pl_module)
+            self._resolved_loss = resolve_loss(self.loss_fn, pl_module)
             select_parameters(pl_module, self.config.params)
         except (ConfigurationError, ValueError) as err:
             raise MisconfigurationException(f"InfluenceCallback({self.name}): {err}") from err
+        if self.config.dynamics and self._dynamics is None:
+            self._dynamics = TrainingDynamics(self._resolved_loss)
+        self._connect_datamodule(trainer)
+        self._check_output_folder(trainer)
+
+    def _connect_datamodule(self, trainer: pl.Trainer) -> None:
+        """Hand this callback's events to an ``InfluenceDataModule`` that was given no source,
+        and refuse a signal that needs a validation set this run does not have."""
+        from lightning_influence.lightning.datamodule import InfluenceDataModule
+
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, InfluenceDataModule):
+            return
+        dm.connect(self)
+        if self not in dm.callbacks:
+            return
+        needs = dm.needs_validation()
+        if needs and (self.config.validation == "off" or not self._has_validation(trainer)):
+            why = (
+                "validation='off'"
+                if self.config.validation == "off"
+                else "no val_dataloader (neither the DataModule nor fit() gives one)"
+            )
+            raise MisconfigurationException(
+                f"InfluenceDataModule(signal={dm.config.signal!r}) needs {needs}, computed from a "
+                f"validation set, but InfluenceCallback({self.name}) has {why}: define "
+                "val_dataloader() on the DataModule, pass InfluenceCallback(val_dataloader=...), "
+                "or choose another signal (e.g. signal='aum' or 'loss')"
+            )
+
+    def _has_validation(self, trainer: pl.Trainer) -> bool:
+        return self.val_dataloader is not None or compat.validation_source(trainer) is not None
+
+    def _check_output_folder(self, trainer: pl.Trainer) -> None:
+        # A folder that cannot be written fails the fit now, not after the first analysis.
+        # (`trainer.log_dir` is a collective under DDP: every rank asks.)
+        base = Path(self.dirpath) if self.dirpath is not None else _default_root(trainer)
+        error: OSError | None = None
+        if trainer.is_global_zero:
+            try:
+                ensure_writable(base / self.name)
+            except OSError as err:
+                error = err
+        if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
+            reason = f" ({error.strerror or error})" if error is not None else ""
+            raise MisconfigurationException(
+                f"InfluenceCallback({self.name}) cannot write its events into "
+                f"{base / self.name}{reason}: pass a writable dirpath=, or fix the folder's "
+                "permissions"
+            )
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+        if self.config.dynamics and not trainer.sanity_checking:
+            loader = trainer.train_dataloader
+            size = len(getattr(loader, "dataset", ()) or ())
+            if size and self._dynamics is not None:
+                self._dynamics.start_epoch(pl_module, loader, size)
 
     @override
     def on_train_batch_end(
@@ -234,9 +335,17 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         batch_idx: int,
     ) -> None:
         self._last_trained = (trainer.current_epoch, trainer.global_step)
+        if self._dynamics is not None and self.config.dynamics:
+            self._dynamics.on_batch(pl_module, batch)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._epoch_started is not None:
+            self._epoch_seconds = time.perf_counter() - self._epoch_started
+            self._epoch_started = None
+        if self._dynamics is not None:
+            reduce = Runtime.of(trainer, pl_module, False).reduce_sum
+            self._dynamics.end_epoch(reduce)
         # Like Lightning's own callbacks, nothing is written under fast_dev_run.
         if trainer.sanity_checking or trainer.fast_dev_run or not self.config.every_n_epochs:
             return
@@ -245,6 +354,8 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._dynamics is not None:
+            self._dynamics.detach()
         if not self.config.at_train_end or trainer.fast_dev_run:
             return
         latest = self.latest_event
@@ -254,11 +365,19 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # Written events are referenced (uid, folder, hash): their folders are the source of
+        # truth. Only an event without a folder travels whole.
         return {
             "version": _STATE_VERSION,
+            "kind": STATE_KIND,
             "name": self.name,
             "last_trained": self._last_trained,
-            "events": [event.state_dict() for event in self.events],
+            "epoch_seconds": self._epoch_seconds,
+            "events": [
+                {"ref": e.ref().state_dict()} if e.directory else {"event": e.state_dict()}
+                for e in self.events
+            ],
+            "dynamics": None if self._dynamics is None else self._dynamics.state_dict(),
         }
 
     @override
@@ -270,10 +389,21 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 f"lightning-influence understands ({_STATE_VERSION}): upgrade lightning-influence "
                 "to resume this checkpoint"
             )
-        # Version 1 states have no uids or last position; the events get new uids.
-        self.events = [ScoringEvent.from_state_dict(dict(s)) for s in state_dict.get("events", [])]
+        events = []
+        for entry in state_dict.get("events", []):
+            if "ref" in entry:  # version 3: read back from the event's folder
+                events.append(EventRef.from_state_dict(entry["ref"]).resolve())
+            elif "event" in entry:
+                events.append(ScoringEvent.from_state_dict(dict(entry["event"])))
+            else:  # versions 1 and 2: the whole event (version 1 without a uid)
+                events.append(ScoringEvent.from_state_dict(dict(entry)))
+        self.events = events
         last = state_dict.get("last_trained")
         self._last_trained = None if last is None else (int(last[0]), int(last[1]))
+        self._epoch_seconds = state_dict.get("epoch_seconds")
+        dynamics = state_dict.get("dynamics")
+        if dynamics is not None and self._dynamics is not None:
+            self._dynamics.load_state_dict(dynamics)
 
     # -- the analysis ----------------------------------------------------------------------------
     def event_epoch(self, trainer: pl.Trainer) -> int:
@@ -282,6 +412,21 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         if self._last_trained is not None and self._last_trained[1] == trainer.global_step:
             return self._last_trained[0]
         return trainer.current_epoch
+
+    def _validation_loader(self, trainer: pl.Trainer) -> Any:
+        if self.config.validation == "off":
+            return None
+        if self.val_dataloader is not None:
+            return self.val_dataloader
+        source = compat.validation_source(trainer)
+        if source is None:
+            return None
+        loaders = source()
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        elif isinstance(loaders, dict):
+            loaders = next(iter(loaders.values()), None)
+        return loaders
 
     def _run(
         self,
@@ -294,6 +439,10 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         base = Path(self.dirpath) if self.dirpath is not None else _default_root(trainer)
         root = Path(trainer.strategy.broadcast(os.fspath(base / self.name)))
         epoch, step = self.event_epoch(trainer), trainer.global_step
+        validation = self._validation_loader(trainer)
+        if validation is not None:
+            warn_if_overlapping(loader, validation)
+        extra = self._dynamics.signals() if self._dynamics is not None else {}
         try:
             event = run_analysis(
                 Runtime.of(trainer, pl_module, self.progress),
@@ -304,7 +453,13 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 epoch=epoch,
                 step=step,
                 trigger=trigger,
-                provenance={"name": self.name},
+                provenance={
+                    "name": self.name,
+                    "dynamics": None if self._dynamics is None else self._dynamics.route,
+                },
+                validation_loader=validation,
+                extra_signals=extra,
+                epoch_seconds=self._epoch_seconds,
             )
         except (MisconfigurationException, ConfigurationError):
             raise
@@ -333,22 +488,47 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         return self.events[-1]
 
 
-def unsupported_strategy(strategy: Any) -> str | None:
-    """Why the analysis cannot run under ``strategy``, or None when it can.
+def warn_if_overlapping(train_loader: Any, val_loader: Any) -> None:
+    """Warn when the validation set is (part of) the training set: validation influence would
+    then reward memorizing the very examples it should judge."""
+    train = getattr(train_loader, "dataset", None)
+    val = getattr(val_loader, "dataset", None)
+    if train is None or val is None:
+        return
 
-    Sharded strategies (FSDP, DeepSpeed) hold a shard of every parameter on each rank: the HVPs
-    would differentiate flattened shards, not the model's parameters. DDP, single devices and XLA
-    hold whole parameters.
-    """
-    name = type(strategy).__name__
-    if "FSDP" in name or "DeepSpeed" in name:
-        return (
-            f"strategy {name} shards the parameters across ranks, which this analysis does not "
-            "support (its Hessian-vector products need whole parameters on every rank): train "
-            "with strategy='ddp', or analyse a saved checkpoint with analyze_checkpoint / "
-            "lightning-influence score"
+    def base(dataset: Any) -> tuple[Any, set[int] | None]:
+        if isinstance(dataset, Subset):
+            return dataset.dataset, {int(i) for i in dataset.indices}
+        return dataset, None
+
+    (train_base, train_idx), (val_base, val_idx) = base(train), base(val)
+    if train_base is not val_base:
+        return
+    if train_idx is None or val_idx is None or train_idx & val_idx:
+        rank_zero_warn(
+            "InfluenceCallback: the validation set overlaps the training set (the same dataset "
+            "object and indices): validation influence then measures how much an example helps "
+            "itself; hold out a validation set that the model does not train on",
+            category=UserWarning,
         )
-    return None
+
+
+def ensure_writable(folder: Path) -> None:
+    """Prove that ``folder`` can be created and written (a probe file), or raise ``OSError``;
+    what the probe created is removed again, so a run whose analyses all fail leaves nothing."""
+    created = []
+    for parent in reversed([folder, *folder.parents]):
+        if not parent.exists():
+            created.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    finally:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 def _default_root(trainer: pl.Trainer) -> Path:

@@ -39,16 +39,20 @@ from torch.utils.data import (
 from typing_extensions import override
 
 from lightning_influence.config import PruneMode, PruningConfig, with_overrides
-from lightning_influence.io.events import EventSource, ScoringEvent, load_events
+from lightning_influence.io.events import EventRef, EventSource, ScoringEvent, load_events
 from lightning_influence.io.plan_files import write_plan
 from lightning_influence.lightning.callback import InfluenceCallback
 from lightning_influence.lightning.delegation import DelegatingDataModule
 from lightning_influence.lightning.loaders import with_sampler
 from lightning_influence.lightning.loggers import tensorboard_layout
-from lightning_influence.lightning.namespaces import AnyLightningDataModule
+from lightning_influence.lightning.namespaces import (
+    AnyLightningDataModule,
+    MisconfigurationException,
+)
 from lightning_influence.lightning.namespaces import classes as lightning_classes
 from lightning_influence.lightning.sampler import InfluenceSampler
 from lightning_influence.pruning.plan import SamplingPlan, plan_events, plan_for
+from lightning_influence.pruning.signals import signal_spec
 
 __all__ = ["InfluenceDataModule", "PruneMode"]
 
@@ -95,8 +99,12 @@ class InfluenceDataModule(DelegatingDataModule):
         labels: the class of every training example, to log per-class counts and never drop a
             class below ``min_per_class``: a ``[N]`` tensor or sequence, or a function
             ``dataset -> [N]`` called on the training dataset.
-        scores: an earlier run's scoring event(s): a ``ScoringEvent``, an event folder, or a folder
-            of events (the newest is read), or a list of these.
+        source: where the events come from: an ``InfluenceCallback`` (its events, as they are
+            made), an earlier run's event (a ``ScoringEvent``, an event folder, or a folder of
+            events: the newest is read, so a fresh run can start pruned), or a list of these.
+            None: the ``InfluenceCallback`` of the fit connects itself (with two of them, name
+            one here).
+        scores: the old name of ``source`` for events and folders.
         known_noise: for experiments with injected noise: ``[N]`` bool, True for the examples
             known to be mislabeled (or a function ``dataset -> [N]``); the loggers then get the
             precision and recall of the dropped set against it.
@@ -125,6 +133,7 @@ class InfluenceDataModule(DelegatingDataModule):
         config: PruningConfig | None = None,
         *,
         labels: LabelsArg = None,
+        source: Any = None,
         scores: EventSource | Sequence[EventSource] | None = None,
         known_noise: LabelsArg = None,
         **overrides: Any,
@@ -148,10 +157,23 @@ class InfluenceDataModule(DelegatingDataModule):
         self.labels_arg = labels
         self.known_noise_arg = known_noise
         self.known_noise: Tensor | None = None
+        if scores is not None and source is not None:
+            raise TypeError("pass source= (scores= is its old name), not both")
+        sources = source if source is not None else scores
+        if sources is None:
+            sources = []
+        elif not isinstance(sources, (list, tuple)):
+            sources = [sources]
+        self.callbacks: list[InfluenceCallback] = [
+            s for s in sources if isinstance(s, InfluenceCallback)
+        ]
+        self._explicit_callbacks = bool(self.callbacks)
+        files = [s for s in sources if not isinstance(s, InfluenceCallback)]
         try:
-            self.seed_events: list[ScoringEvent] = load_events(scores)
+            self.seed_events: list[ScoringEvent] = load_events(files)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"scores={scores!r}: {err}") from None
+            given = "scores" if scores is not None else "source"
+            raise FileNotFoundError(f"{given}={files!r}: {err}") from None
         self.added_events: list[ScoringEvent] = []
         self._loader: DataLoader | None = None
         self._size: int | None = None
@@ -211,10 +233,17 @@ class InfluenceDataModule(DelegatingDataModule):
     def state_dict(self) -> dict[str, Any]:
         plan = self._plan
         state = super().state_dict()
+        known = {e.uid: e for _, e in self.events()}
+        used = [known[uid] for uid in (plan.events if plan is not None else ()) if uid in known]
         state["influence"] = {
+            "version": 2,
             "config": dataclasses.asdict(self.config),
             "size": self._size if plan is None else plan.size,
             "events": [] if plan is None else list(plan.events),
+            # the plan's events by reference (their folders are the source of truth)
+            "event_refs": [e.ref().state_dict() for e in used if e.directory is not None],
+            "signal": [] if plan is None else list(plan.signal),
+            # the mask itself too: a cumulative plan depends on every earlier one
             "keep": None if plan is None else plan.keep,
             "weights": None if plan is None else plan.weights,
             "added_events": [e.state_dict() for e in self.added_events],
@@ -228,13 +257,34 @@ class InfluenceDataModule(DelegatingDataModule):
         if state is None:
             return
         self.added_events = [ScoringEvent.from_state_dict(s) for s in state["added_events"]]
-        if state["size"] is not None:
-            self._plan = SamplingPlan(
-                state["size"],
-                keep=state["keep"],
-                weights=state["weights"],
-                events=tuple(state.get("events", ())),
+        if state["size"] is None:
+            return
+        restored = SamplingPlan(
+            state["size"],
+            keep=state["keep"],
+            weights=state["weights"],
+            events=tuple(state.get("events", ())),
+            signal=tuple(state.get("signal", ())),
+        )
+        refs = [EventRef.from_state_dict(r) for r in state.get("event_refs", [])]
+        if refs and len(refs) == len(restored.events) and not self.config.cumulative:
+            # Rebuilt from the event folders: the same plan, or a clear error if they changed.
+            events = [ref.resolve() for ref in refs]
+            rebuilt = plan_for(events, self.config, restored.size, labels=None)
+            same = (
+                torch.equal(rebuilt.keep, restored.keep)
+                if rebuilt.keep is not None and restored.keep is not None
+                else rebuilt.keep is None and restored.keep is None
             )
+            if same or self.labels_arg is not None:  # the class safeguard needs the labels
+                restored = dataclasses.replace(restored, scores=rebuilt.scores)
+            else:
+                raise ValueError(
+                    "the event folders of the checkpoint's pruning plan no longer give the plan "
+                    f"it saved ({', '.join(r.directory for r in refs)}): resume with the folders "
+                    "the run wrote"
+                )
+        self._plan = restored
 
     @override
     def train_dataloader(self) -> DataLoader:
@@ -330,14 +380,35 @@ class InfluenceDataModule(DelegatingDataModule):
         """Feed scores computed outside ``InfluenceCallback``; they count from the next epoch."""
         self.added_events.append(event)
 
+    def connect(self, callback: InfluenceCallback) -> None:
+        """Take ``callback``'s events (``InfluenceCallback.setup`` calls this when this wrapper
+        was given no callback in ``source``).
+
+        Raises:
+            MisconfigurationException: a second, different callback (which one is meant is
+                ambiguous: name it in ``source=``).
+        """
+        if self._explicit_callbacks or callback in self.callbacks:
+            return
+        if self.callbacks:
+            raise MisconfigurationException(
+                f"two InfluenceCallbacks ({self.callbacks[0].name!r} and {callback.name!r}) could "
+                "feed this InfluenceDataModule: pass the one to prune by as "
+                "InfluenceDataModule(..., source=callback)"
+            )
+        self.callbacks.append(callback)
+
+    def needs_validation(self) -> list[str]:
+        """The selected signals that only a validation set gives (empty for ``"auto"``, which
+        falls back to a training signal)."""
+        names = [self.config.signal] if isinstance(self.config.signal, str) else self.config.signal
+        return [n for n in names if n != "auto" and signal_spec(n).needs_validation]
+
     def events(self) -> list[tuple[str, ScoringEvent]]:
         """Every known scoring event with its source, oldest first: seeds, then this run's."""
         run: list[tuple[str, ScoringEvent]] = [("added", e) for e in self.added_events]
-        trainer = self.trainer
-        callbacks = [] if trainer is None else trainer.callbacks
-        for callback in callbacks:
-            if isinstance(callback, InfluenceCallback):
-                run.extend(("callback", e) for e in callback.events)
+        for callback in self.callbacks:
+            run.extend(("callback", e) for e in callback.events)
         # stable: events of one (step, epoch) keep the order they were made in
         run.sort(key=lambda item: (item[1].global_step, item[1].epoch))
         return [("seed", e) for e in self.seed_events] + run
@@ -385,8 +456,8 @@ class InfluenceDataModule(DelegatingDataModule):
                 f"{metrics['influence_data/effective_size']:.0f})"
             )
         rank_zero_info(
-            f"InfluenceDataModule: {message} from epoch {epoch} (scores: {event.name}, "
-            f"combine={self.config.combine!r})"
+            f"InfluenceDataModule: {message} from epoch {epoch} by {' + '.join(plan.signal)} "
+            f"(events: {event.name}, combine={self.config.combine!r})"
         )
         # `trainer.log_dir` is a collective under DDP: every rank asks, whatever the event.
         log_dir = None if trainer is None else (trainer.log_dir or trainer.default_root_dir)

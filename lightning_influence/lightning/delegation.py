@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
+from lightning_influence.lightning.compat import log_hyperparams_flag
 from lightning_influence.lightning.namespaces import (
     AnyLightningDataModule,
     bases,
@@ -66,7 +67,7 @@ class DelegatingDataModule(*bases("LightningDataModule")):  # type: ignore[misc]
             datamodule.allow_zero_length_dataloader_with_multiple_devices
         )
         # Lightning's flag for logging the datamodule's hyper-parameters; no public accessor.
-        self._log_hyperparams = datamodule._log_hyperparams  # noqa: SLF001
+        self._log_hyperparams = log_hyperparams_flag(datamodule)
 
     @property
     def datamodule(self) -> pl.LightningDataModule:

@@ -32,8 +32,9 @@ class LoaderParts:
     batch_size: int
 
 
-def loader_parts(loader: Any, batch_size: int | None = None) -> LoaderParts:
-    """The dataset, ``collate_fn`` and batch size (``batch_size`` overrides) of a training loader.
+def loader_parts(loader: Any, batch_size: int | None = None, what: str = "training") -> LoaderParts:
+    """The dataset, ``collate_fn`` and batch size (``batch_size`` overrides) of a training (or
+    ``what``) loader.
 
     Raises:
         ConfigurationError: no loader, not a ``DataLoader``, an ``IterableDataset`` (no indices to
@@ -41,17 +42,17 @@ def loader_parts(loader: Any, batch_size: int | None = None) -> LoaderParts:
     """
     if loader is None:
         raise ConfigurationError(
-            "no training dataloader: analyse during or after trainer.fit, or pass "
+            f"no {what} dataloader: analyse during or after trainer.fit, or pass "
             "analyze(..., dataloader=train_loader)"
         )
     if not isinstance(loader, DataLoader):
         raise ConfigurationError(
-            f"the analysis scores one training DataLoader, got {type(loader).__name__}: pass "
-            "analyze(..., dataloader=the_loader_to_score)"
+            f"the analysis reads one {what} DataLoader, got {type(loader).__name__}: pass a "
+            "torch DataLoader"
         )
     if isinstance(loader.dataset, IterableDataset):
         raise ConfigurationError(
-            "the analysis scores a map-style dataset by index; the training dataset is an "
+            f"the analysis reads a map-style dataset by index; the {what} dataset is an "
             "IterableDataset: wrap the data in a map-style Dataset"
         )
     size = batch_size or loader.batch_size
@@ -59,11 +60,11 @@ def loader_parts(loader: Any, batch_size: int | None = None) -> LoaderParts:
         size = getattr(loader.batch_sampler, "batch_size", None)
     if size is None:
         raise ConfigurationError(
-            "the training DataLoader has no batch_size (it uses a custom batch_sampler): pass "
+            f"the {what} DataLoader has no batch_size (it uses a custom batch_sampler): pass "
             "batch_size=... to the analysis"
         )
     if len(loader.dataset) < 1:  # type: ignore[arg-type]
-        raise ConfigurationError("the training dataset is empty: there is nothing to score")
+        raise ConfigurationError(f"the {what} dataset is empty: there is nothing to score")
     return LoaderParts(loader.dataset, loader.collate_fn, int(size))
 
 

@@ -22,6 +22,8 @@ import torch
 from pytorch_lightning.loggers import Logger
 from torch import Tensor, nn
 
+from lightning_influence.lightning.compat import before_batch_transfer
+
 __all__ = ["Runtime", "preserved_rng_states", "score_shard"]
 
 
@@ -175,7 +177,7 @@ def _transfer(module: pl.LightningModule, move: Callable[[Any], Any]) -> Callabl
     ``_on_before_batch_transfer`` picks the DataModule's hook or the module's, as training does;
     there is no public equivalent (older Lightning has no such method: ``move`` applies the hook).
     """
-    before = getattr(module, "_on_before_batch_transfer", None)
+    before = before_batch_transfer(module)
 
     def transfer(batch: Any) -> Any:
         if before is not None:

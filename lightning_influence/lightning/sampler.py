@@ -53,6 +53,9 @@ class InfluenceSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.plan_fn = plan_fn
         self.on_epoch = on_epoch
+        # this rank's indices of the epoch being iterated, in order: which dataset examples each
+        # training batch holds (InfluenceCallback records the training dynamics by them)
+        self.last_indices: list[int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning before each epoch; seeds the shuffle and refreshes the plan."""
@@ -74,4 +77,5 @@ class InfluenceSampler(DistributedSampler):
         return idx
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_indices()[self.rank :: self.num_replicas].tolist())
+        self.last_indices = self.global_indices()[self.rank :: self.num_replicas].tolist()
+        return iter(self.last_indices)

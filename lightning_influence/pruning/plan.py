@@ -16,6 +16,7 @@ from torch import Tensor
 from lightning_influence.config import PruningConfig
 from lightning_influence.io.events import ScoringEvent
 from lightning_influence.pruning.functional import combine_scores, drop_mask, reweight
+from lightning_influence.pruning.signals import resolve_selection, suspicion
 
 __all__ = ["SamplingPlan", "plan_events", "plan_for"]
 
@@ -26,8 +27,9 @@ class SamplingPlan:
 
     Exactly one of: neither (every example once), ``keep`` (``[size]`` bool: the kept examples
     once each) or ``weights`` (``[size]`` float64 >= 0: ``size`` draws with replacement, with
-    probability proportional to the weights). ``scores`` are the combined scores the plan was
-    made from, and ``events`` the uids of their events (what the plan depends on).
+    probability proportional to the weights). ``scores`` are the combined suspicion scores the
+    plan was made from (higher = more suspect), ``events`` the uids of their events (what the plan
+    depends on) and ``signal`` the signals that ranked them.
     """
 
     size: int
@@ -35,6 +37,7 @@ class SamplingPlan:
     weights: Tensor | None = None
     scores: Tensor | None = None
     events: tuple[str, ...] = ()
+    signal: tuple[str, ...] = ()
 
     def num_examples(self) -> int:
         """Examples drawn in one epoch over all ranks (before padding)."""
@@ -81,22 +84,25 @@ def plan_for(
 
     Raises:
         ValueError: an event scores another number of examples than ``size``.
+        KeyError: an event lacks the selected signal (the message lists what it holds).
 
     Example:
-        >>> event = ScoringEvent(0, 4, torch.tensor([0.1, 0.9, 0.5, 0.7]), torch.ones(1))
-        >>> plan_for([event], PruningConfig(fraction=0.5), 4).keep.tolist()
-        [True, False, True, False]
+        >>> event = ScoringEvent(0, 4, {"loss": torch.tensor([0.1, 0.9, 0.5, 0.7])}, torch.ones(1))
+        >>> plan = plan_for([event], PruningConfig(fraction=0.5), 4)
+        >>> plan.keep.tolist(), plan.signal
+        ([True, False, True, False], ('loss',))
     """
     if not events:
         return SamplingPlan(size)
     for e in events:
-        if e.self_influence.numel() != size:
+        if e.num_examples != size:
             raise ValueError(
                 f"scoring event {e.name} ({e.directory or 'in memory'}) has "
-                f"{e.self_influence.numel()} scores but the training dataset has {size} "
+                f"{e.num_examples} scores but the training dataset has {size} "
                 "examples: scores must come from the same training set"
             )
-    scores = combine_scores([e.self_influence for e in events], config.combine)
+    names = resolve_selection(config.signal, list(events[-1].signals))
+    scores = combine_scores([suspicion(e.signals, names) for e in events], config.combine)
     uids = tuple(e.uid for e in events)
     if config.mode == "drop":
         kept = None
@@ -110,7 +116,7 @@ def plan_for(
             labels=labels,
             min_per_class=config.min_per_class,
         )
-        return SamplingPlan(size, keep=keep, scores=scores, events=uids)
+        return SamplingPlan(size, keep=keep, scores=scores, events=uids, signal=names)
     weights = reweight(
         scores,
         config.fraction,
@@ -119,4 +125,4 @@ def plan_for(
         labels=labels,
         min_per_class=config.min_per_class,
     )
-    return SamplingPlan(size, weights=weights, scores=scores, events=uids)
+    return SamplingPlan(size, weights=weights, scores=scores, events=uids, signal=names)

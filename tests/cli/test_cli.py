@@ -208,7 +208,7 @@ def test_init_args_for_a_module_without_saved_hyperparameters(run, tmp_path):
         tmp_path,
     ]
     assert cli(*args, "--model.init_args.hidden", "8", "--data.image", "true") == 0
-    assert (tmp_path / run["name"] / run["event"].name / "self_influence.csv").is_file()
+    assert (tmp_path / run["name"] / run["event"].name / "signals.csv").is_file()
 
 
 # -- errors: exit code 2 and one line naming the problem and the fix -----------------------------

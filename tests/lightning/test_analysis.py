@@ -2,7 +2,7 @@
 
 A real Trainer run with the callback saves its last checkpoint; the same checkpoint is analysed
 again by ``analyze_checkpoint`` and by ``lightning-influence score``. All three go through
-``run_analysis`` and must write byte-identical ``self_influence.csv`` and ``eigenvalues.csv``.
+``run_analysis`` and must write byte-identical ``signals.csv`` and ``eigenvalues.csv``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_callback_analyze_checkpoint_and_cli_write_identical_files(trained, tmp_
     offline_dir = tmp_path / "offline" / callback.name / event.name
     cli_dir = tmp_path / "cli" / callback.name / event.name
     assert Path(offline.directory) == offline_dir
-    for file in ("self_influence.csv", "eigenvalues.csv"):
+    for file in ("signals.csv", "eigenvalues.csv"):
         expected = (ours / file).read_bytes()
         assert (offline_dir / file).read_bytes() == expected, file
         assert (cli_dir / file).read_bytes() == expected, file
@@ -128,8 +128,8 @@ def test_cli_score_streams_shards_and_resumes_an_interrupted_run(trained, tmp_pa
             "--shard-batches", "1"]  # fmt: skip
     assert main([str(a) for a in base]) == 0
     folder = tmp_path / callback.name / event.name  # shard_batches is not in the name
-    expected = (Path(event.directory) / "self_influence.csv").read_bytes()
-    assert (folder / "self_influence.csv").read_bytes() == expected
+    expected = (Path(event.directory) / "signals.csv").read_bytes()
+    assert (folder / "signals.csv").read_bytes() == expected
     scores = folder / "scores"
     shards = sorted((scores / "rank-0-of-1").glob("shard-*.csv"))
     assert len(shards) == 5  # 40 examples, batches of 8
@@ -139,14 +139,14 @@ def test_cli_score_streams_shards_and_resumes_an_interrupted_run(trained, tmp_pa
     # an interrupted run: the eigenpairs and two shards were written, then the process died
     for shard in shards[2:]:
         shard.unlink()
-    (folder / "self_influence.csv").unlink()
+    (folder / "signals.csv").unlink()
     (folder / "manifest.json").unlink()
     assert main([str(a) for a in [*base, "--resume"]]) == 0
-    assert (folder / "self_influence.csv").read_bytes() == expected
+    assert (folder / "signals.csv").read_bytes() == expected
     assert saved.stat().st_mtime_ns == fitted_at  # the saved eigenpairs were used, not refitted
     assert len(list((scores / "rank-0-of-1").glob("shard-*.csv"))) == 5
 
     # without --resume the analysis starts over
     assert main([str(a) for a in base]) == 0
     assert saved.stat().st_mtime_ns != fitted_at
-    assert (folder / "self_influence.csv").read_bytes() == expected
+    assert (folder / "signals.csv").read_bytes() == expected

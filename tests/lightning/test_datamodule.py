@@ -150,13 +150,13 @@ class Scorer(pl.Callback):
 
 
 def make_trainer(tmp_path, callbacks=(), max_epochs=3, logger=False, **kwargs) -> pl.Trainer:
+    kwargs.setdefault("enable_checkpointing", False)
     return pl.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=max_epochs,
         callbacks=list(callbacks),
         logger=logger,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -189,7 +189,7 @@ def test_prunes_by_the_influence_callbacks_scores(tmp_path):
     callback = InfluenceCallback(
         every_n_epochs=1, at_train_end=False, n_iters=12, top_k=6, hvp_samples=None
     )
-    dm = InfluenceDataModule(ToyData(), fraction=0.25)
+    dm = InfluenceDataModule(ToyData(), fraction=0.25, signal="self_influence")
     model = Recorder()
     make_trainer(tmp_path, [callback], max_epochs=3).fit(model, datamodule=dm)
     assert [e.epoch for e in callback.events] == [0, 1, 2]
@@ -425,7 +425,7 @@ def test_ddp_with_the_influence_callback(tmp_path):
     callback = InfluenceCallback(
         every_n_epochs=1, at_train_end=False, n_iters=10, top_k=5, hvp_samples=None
     )
-    dm = InfluenceDataModule(ToyData(batch_size=4), fraction=0.3)
+    dm = InfluenceDataModule(ToyData(batch_size=4), fraction=0.3, signal="self_influence")
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -535,3 +535,139 @@ def test_a_run_pruned_from_earlier_scores_gets_the_custom_scalars_page(tmp_path)
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     assert [c.title for c in layout.category] == list(tensorboard_layout())
     assert [e.value for e in events.Scalars("influence_data/dropped")] == [8.0]
+
+
+# -- signals ------------------------------------------------------------------------------------
+class Classifier(Recorder):
+    """A Recorder whose training step and loss go through the module itself (so the callback
+    records the training dynamics)."""
+
+    def forward(self, x):
+        return self.layer(x[:, 1:])
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen[self.current_epoch].extend(x[:, 0].long().tolist())
+        return F.cross_entropy(self(x), y)
+
+    def influence_loss(self, batch):
+        x, y = batch
+        return F.cross_entropy(self(x), y, reduction="none")
+
+
+def _callback(**kwargs) -> InfluenceCallback:
+    defaults = {"every_n_epochs": 1, "at_train_end": False, "n_iters": 12, "top_k": 6}
+    return InfluenceCallback(hvp_samples=None, progress=False, **{**defaults, **kwargs})
+
+
+def test_auto_prunes_by_loss_and_validation_influence_when_there_is_a_validation_set(tmp_path):
+    callback = _callback()
+    dm = InfluenceDataModule(ToyData(), fraction=0.25)
+    model = Classifier()
+    make_trainer(tmp_path, [callback], max_epochs=2).fit(model, datamodule=dm)
+    first = callback.events[0]
+    assert {"self_influence", "loss", "validation_influence", "loss_mean", "aum"} <= set(
+        first.signals
+    )
+    assert "validation_influence_class_0" in first.signals  # ToyData's validation labels are 0
+    assert first.manifest["validation_examples"] == 12
+    # the plan ranks by the rank mean of the loss and the validation influence
+    assert dm.plan.signal == ("loss", "validation_influence")
+    from lightning_influence.pruning import drop_mask
+
+    keep = drop_mask(suspicion_of(first.signals, ["loss", "validation_influence"]), 0.25)
+    assert sorted(model.seen[1]) == keep.nonzero().flatten().tolist()
+
+
+def suspicion_of(signals, names):
+    from lightning_influence.pruning.signals import suspicion
+
+    return suspicion(signals, names)
+
+
+def test_without_a_validation_set_auto_falls_back_to_the_aum(tmp_path):
+    class NoVal(ToyData):
+        val_dataloader = pl.LightningDataModule.val_dataloader  # not overridden
+
+    callback = _callback()
+    dm = InfluenceDataModule(NoVal(), fraction=0.25)
+    make_trainer(tmp_path, [callback], max_epochs=2).fit(Classifier(), datamodule=dm)
+    assert "validation_influence" not in callback.events[0].signals
+    assert dm.plan.signal == ("aum",)
+
+
+def test_a_signal_that_needs_validation_without_one_fails_at_setup(tmp_path):
+    class NoVal(ToyData):
+        val_dataloader = pl.LightningDataModule.val_dataloader
+
+    dm = InfluenceDataModule(NoVal(), fraction=0.25, signal="validation_influence")
+    model = Classifier()
+    with pytest.raises(Exception, match=r"needs \['validation_influence'\].*val_dataloader"):
+        make_trainer(tmp_path, [_callback()], max_epochs=1).fit(model, datamodule=dm)
+    assert not model.seen  # before any training
+    with pytest.raises(ValueError, match="signal='validation_influnce' is not a known signal"):
+        InfluenceDataModule(ToyData(), signal="validation_influnce")
+    with pytest.raises(ValueError, match="'aum'"):  # the message lists the valid names
+        InfluenceDataModule(ToyData(), signal=["loss", "nonsense"])
+
+
+def test_an_explicit_validation_loader_and_an_overlapping_one(tmp_path):
+    val = DataLoader(
+        TensorDataset(torch.randn(12, 4), torch.zeros(12, dtype=torch.long)), batch_size=5
+    )
+    callback = _callback(val_dataloader=val, name="explicit")
+    dm = InfluenceDataModule(ToyData(), fraction=0.0, source=callback)
+    make_trainer(tmp_path, [callback], max_epochs=1).fit(Classifier(), datamodule=dm)
+    assert callback.events[0].manifest["validation_examples"] == 12
+
+    class Overlapping(ToyData):
+        def val_dataloader(self) -> DataLoader:
+            return DataLoader(self.train, batch_size=8)  # the training set itself
+
+    with pytest.warns(UserWarning, match="validation set overlaps the training set"):
+        make_trainer(tmp_path / "o", [_callback(name="overlap")], max_epochs=1).fit(
+            Classifier(), datamodule=InfluenceDataModule(Overlapping(), fraction=0.0)
+        )
+
+
+def test_two_callbacks_need_an_explicit_source(tmp_path):
+    a, b = _callback(name="a"), _callback(name="b", top_k=5)
+    with pytest.raises(Exception, match="source=callback"):
+        make_trainer(tmp_path, [a, b], max_epochs=1).fit(
+            Classifier(), datamodule=InfluenceDataModule(ToyData(), fraction=0.1)
+        )
+    dm = InfluenceDataModule(ToyData(), fraction=0.25, source=b, signal="loss")
+    a2, b2 = _callback(name="a"), b
+    make_trainer(tmp_path / "ok", [a2, b2], max_epochs=2).fit(Classifier(), datamodule=dm)
+    assert dm.callbacks == [b2] and dm.plan.events == (b2.events[0].uid,)
+
+
+def test_twin_callbacks_are_refused_naming_name(tmp_path):
+    with pytest.raises(Exception, match="Give each a different name="):
+        make_trainer(tmp_path, [_callback(), _callback()], max_epochs=1).fit(
+            Classifier(), datamodule=InfluenceDataModule(ToyData(), fraction=0.1)
+        )
+
+
+def test_resume_rebuilds_the_plan_from_the_event_folders(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    callback = _callback()
+    dm = InfluenceDataModule(ToyData(), fraction=0.25)
+    trainer = make_trainer(tmp_path, [callback, ckpt], max_epochs=2, enable_checkpointing=True)
+    trainer.fit(Classifier(), datamodule=dm)
+    path = tmp_path / "ckpt" / f"epoch=1-step={trainer.global_step}.ckpt"
+    state = torch.load(path, weights_only=False)["InfluenceDataModule"]["influence"]
+    # references to the folders, not the events' [N] tensors
+    assert [r["uid"] for r in state["event_refs"]] == [callback.events[0].uid]  # epoch 1's plan
+    assert state["signal"] == ["loss", "validation_influence"]
+
+    dm2 = InfluenceDataModule(ToyData(), fraction=0.25)
+    dm2.load_state_dict({"wrapped": {"token": "x"}, "influence": state})
+    assert torch.equal(dm2.plan.keep, dm.plan.keep) and dm2.plan.scores is not None
+    # a folder changed since: refused
+    signals = Path(callback.events[0].directory) / "signals.csv"
+    signals.write_text(signals.read_text().replace("0.", "9.", 5))
+    with pytest.raises(ValueError, match="changed since the checkpoint was saved"):
+        InfluenceDataModule(ToyData(), fraction=0.25).load_state_dict(
+            {"wrapped": {"token": "x"}, "influence": state}
+        )

@@ -37,7 +37,7 @@ def make_event(n: int = 10, step: int = 7) -> ScoringEvent:
     return ScoringEvent(
         epoch=1,
         global_step=step,
-        self_influence=torch.linspace(0, 1, n, dtype=torch.float64),
+        signals=torch.linspace(0, 1, n, dtype=torch.float64),
         eigenvalues=torch.tensor([4.0, -2.0, 1.0], dtype=torch.float64),
         manifest={"timings": {"fit_seconds": 0.5, "scoring_seconds": 0.25}},
     )

@@ -69,14 +69,14 @@ def test_two_nodes_on_loopback_analyse_and_prune_as_one(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     for a, b in zip(ranks[0]["events"], ranks[1]["events"], strict=True):
-        assert torch.equal(a["self_influence"], b["self_influence"])
+        assert torch.equal(a["signals"]["self_influence"], b["signals"]["self_influence"])
         assert a["uid"] == b["uid"]  # one event, named once
     assert torch.equal(ranks[0]["keep"], ranks[1]["keep"]) and int((~ranks[0]["keep"]).sum()) == 8
 
     final = ranks[0]["events"][-1]
     folder = Path(final["directory"])
     on_disk = read_event(folder)
-    assert torch.equal(on_disk.self_influence, final["self_influence"])
+    assert torch.equal(on_disk.self_influence, final["signals"]["self_influence"])
     # each node streamed its own block of indices into its own shards
     assert sorted(p.name for p in (folder / "scores").iterdir()) == [
         "engine.pt",

@@ -109,7 +109,7 @@ def make_callback() -> InfluenceCallback:
 
 def test_our_classes_belong_to_every_installed_namespace(ns):
     _, Data = make_classes(ns.pl)
-    dm = InfluenceDataModule(Data(), fraction=0.25)
+    dm = InfluenceDataModule(Data(), fraction=0.25, signal="self_influence")
     assert isinstance(dm, ns.pl.LightningDataModule)
     assert isinstance(make_callback(), ns.pl.Callback)
     assert len(classes("LightningDataModule")) == len(NAMESPACES)
@@ -125,7 +125,11 @@ def test_fit_scores_drops_logs_and_resumes(ns, tmp_path):
     torch.set_num_threads(1)
     Classifier, Data = make_classes(ns.pl)
     ns.pl.seed_everything(0, verbose=False)
-    callback, dm, model = make_callback(), InfluenceDataModule(Data(), fraction=0.25), Classifier()
+    callback, dm, model = (
+        make_callback(),
+        InfluenceDataModule(Data(), fraction=0.25, signal="self_influence"),
+        Classifier(),
+    )
     checkpoints = ns.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     trainer = make_trainer(ns, tmp_path, [callback, checkpoints], max_epochs=2)
     trainer.fit(model, datamodule=dm)
@@ -159,7 +163,7 @@ def test_fit_scores_drops_logs_and_resumes(ns, tmp_path):
     assert path.is_file()
     callback2, dm2, model2 = (
         make_callback(),
-        InfluenceDataModule(Data(), fraction=0.25),
+        InfluenceDataModule(Data(), fraction=0.25, signal="self_influence"),
         Classifier(),
     )
     checkpoints2 = ns.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
