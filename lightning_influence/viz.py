@@ -159,7 +159,10 @@ def spectrum_figure(eigenvalues: Tensor) -> Any:
     return figure
 
 
-def examples_figure(rows: list[dict[str, Any]]) -> Any:
+def examples_figure(
+    rows: list[dict[str, Any]], title: str = "most self-influential training examples"
+) -> Any:
+    """A grid of image examples with their index, label and score (a dropped one says so)."""
     from matplotlib.figure import Figure
 
     cols = math.ceil(math.sqrt(len(rows)))
@@ -168,9 +171,10 @@ def examples_figure(rows: list[dict[str, Any]]) -> Any:
     for i, row in enumerate(rows):
         ax = figure.add_subplot(nrows, cols, i + 1)
         ax.imshow(row["image"].permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"#{row['index']} y={row['label']}\n{row['score']:.3g}", fontsize=8)
+        dropped = " (dropped)" if row.get("status") == "dropped" else ""
+        ax.set_title(f"#{row['index']} y={row['label']}{dropped}\n{row['score']:.3g}", fontsize=8)
         ax.axis("off")
-    figure.suptitle("most self-influential training examples", fontsize=9)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
 

@@ -22,6 +22,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -202,6 +203,7 @@ def run_analysis(
     validation_loader: Any = None,
     extra_signals: dict[str, Tensor] | None = None,
     epoch_seconds: float | None = None,
+    view: Callable[[ScoringEvent], tuple[tuple[str, Tensor] | None, Tensor | None]] | None = None,
 ) -> ScoringEvent:
     """Analyse the training set of ``loader`` at the runtime's current weights; call it on every rank.
 
@@ -224,6 +226,9 @@ def run_analysis(
         extra_signals: ``[N]`` signals computed elsewhere (the training dynamics), added as is.
         epoch_seconds: the wall time of one training epoch, to state the analysis' cost in
             epochs (the manifest's ``cost_epochs``).
+        view: ``event -> (ranking, keep)`` for the loggers: which signal orders the examples
+            they show (None: the self-influence) and the pruning plan's keep-mask (dropped
+            examples are marked, the grid shows the top of the kept set).
 
     Returns:
         The event, written and logged (on global zero) and identical on every rank.
@@ -334,7 +339,15 @@ def run_analysis(
     if runtime.is_global_zero:
         _record_cost(event, cost, timings)
         try:
-            log_event(runtime.loggers, event, parts.dataset, top_n=config.log_top_n)
+            ranking, keep = view(event) if view is not None else (None, None)
+            log_event(
+                runtime.loggers,
+                event,
+                parts.dataset,
+                top_n=config.log_top_n,
+                ranking=ranking,
+                keep=keep,
+            )
         except Exception as err:  # the scores stand; a logger's failure must not drop them
             warnings.warn(
                 f"could not log the influence analysis at epoch={epoch}, step={step} to the "

@@ -158,6 +158,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         self._dynamics: TrainingDynamics | None = None
         self._epoch_started: float | None = None
         self._epoch_seconds: float | None = None
+        self._datamodule: Any = None  # the InfluenceDataModule this callback feeds, if any
 
     # -- public API ------------------------------------------------------------------------------
     @property
@@ -281,6 +282,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         dm.connect(self)
         if self not in dm.callbacks:
             return
+        self._datamodule = dm
         needs = dm.needs_validation()
         if needs and (self.config.validation == "off" or not self._has_validation(trainer)):
             why = (
@@ -413,6 +415,13 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
             return self._last_trained[0]
         return trainer.current_epoch
 
+    def _view(self, event: ScoringEvent) -> tuple[tuple[str, Tensor] | None, Tensor | None]:
+        """How the loggers show the event: ranked and masked as the pruning plan sees it."""
+        dm = self._datamodule
+        if dm is None:
+            return None, None
+        return dm.ranking(event.signals), dm.keep_mask
+
     def _validation_loader(self, trainer: pl.Trainer) -> Any:
         if self.config.validation == "off":
             return None
@@ -460,6 +469,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 validation_loader=validation,
                 extra_signals=extra,
                 epoch_seconds=self._epoch_seconds,
+                view=self._view,
             )
         except (MisconfigurationException, ConfigurationError):
             raise

@@ -44,15 +44,14 @@ from lightning_influence.io.plan_files import write_plan
 from lightning_influence.lightning.callback import InfluenceCallback
 from lightning_influence.lightning.delegation import DelegatingDataModule
 from lightning_influence.lightning.loaders import with_sampler
-from lightning_influence.lightning.loggers import tensorboard_layout
+from lightning_influence.lightning.loggers import PlanView, log_plan
 from lightning_influence.lightning.namespaces import (
     AnyLightningDataModule,
     MisconfigurationException,
 )
-from lightning_influence.lightning.namespaces import classes as lightning_classes
 from lightning_influence.lightning.sampler import InfluenceSampler
 from lightning_influence.pruning.plan import SamplingPlan, plan_events, plan_for
-from lightning_influence.pruning.signals import signal_spec
+from lightning_influence.pruning.signals import resolve_selection, signal_spec, suspicion
 
 __all__ = ["InfluenceDataModule", "PruneMode"]
 
@@ -398,6 +397,15 @@ class InfluenceDataModule(DelegatingDataModule):
             )
         self.callbacks.append(callback)
 
+    def ranking(self, signals: dict[str, Tensor]) -> tuple[str, Tensor] | None:
+        """``(name, [N] suspicion)`` of the signals this wrapper prunes by, for showing the most
+        suspect examples as the plan sees them; None when the event cannot give it."""
+        try:
+            names = resolve_selection(self.config.signal, list(signals))
+        except (KeyError, ValueError):
+            return None
+        return " + ".join(names), suspicion(signals, names)
+
     def needs_validation(self) -> list[str]:
         """The selected signals that only a validation set gives (empty for ``"auto"``, which
         falls back to a training signal)."""
@@ -464,16 +472,12 @@ class InfluenceDataModule(DelegatingDataModule):
         folder = _plan_dir(source, event, log_dir) if self.config.write_files else None
         if trainer is None or not trainer.is_global_zero:
             return
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            if not isinstance(logger, lightning_classes("loggers.TensorBoardLogger")):
-                continue
-            # the CUSTOM SCALARS page, also for a run pruned from earlier scores (no callback)
-            logger.experiment.add_custom_scalars(tensorboard_layout())
-            if plan.weights is not None:
-                logger.experiment.add_histogram(
-                    "influence_data/weights", plan.weights, trainer.global_step
-                )
+        sections = {"pruning"} if plan.keep is not None else {"weights"}
+        if self.labels is not None and plan.keep is not None:
+            sections.add("per_class")
+        if self.known_noise is not None and plan.keep is not None:
+            sections.add("known_noise")
+        log_plan(trainer.loggers, PlanView(metrics, trainer.global_step, plan.weights, sections))
         if folder is not None:
             try:
                 write_plan(

@@ -533,7 +533,9 @@ def test_a_run_pruned_from_earlier_scores_gets_the_custom_scalars_page(tmp_path)
     # no InfluenceCallback in this run: the DataModule itself writes the layout
     (config,) = events.Tensors("custom_scalars__config__")
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
-    assert [c.title for c in layout.category] == list(tensorboard_layout())
+    assert [c.title for c in layout.category] == list(tensorboard_layout(sections={"pruning"}))
+    charts = {chart.title for c in layout.category for chart in c.chart}
+    assert "kept and dropped" in charts and "sampling weights" not in charts  # drop mode
     assert [e.value for e in events.Scalars("influence_data/dropped")] == [8.0]
 
 

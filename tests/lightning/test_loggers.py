@@ -50,7 +50,23 @@ def test_top_examples_table_lists_the_highest_scores_with_labels():
     assert [r["index"] for r in rows] == [9, 8, 7]
     assert [r["label"] for r in rows] == ["0", "2", "1"]
     table = markdown_table(rows)
-    assert table.splitlines()[2].startswith("| 0 | 9 | 1 | 0 | tensor(2,) [9, 9]")
+    assert table.splitlines()[2].startswith("| 0 | 9 | 1 | 0 | - | tensor(2,) [9, 9]")
+
+
+def test_with_a_pruning_plan_dropped_examples_are_marked_and_the_grid_shows_the_kept():
+    data = [(torch.full((2,), float(i)), i % 3) for i in range(10)]
+    keep = torch.ones(10, dtype=torch.bool)
+    keep[[9, 7]] = False  # the two most suspect of the top three were dropped
+    scores = make_event().self_influence
+    rows = top_examples(data, scores, 3, keep=keep)
+    assert [(r["index"], r["status"]) for r in rows] == [
+        (9, "dropped"),
+        (8, "kept"),
+        (7, "dropped"),
+    ]
+    kept = top_examples(data, scores, 3, keep=keep, only_kept=True)
+    assert [r["index"] for r in kept] == [8, 6, 5]  # the flips still kept show
+    assert "| dropped |" in markdown_table(rows, "loss + validation_influence")
 
 
 def test_every_logger_gets_the_scalars(tmp_path):
@@ -130,7 +146,7 @@ def test_csv_logger_gets_png_images_and_a_csv_table(namespace, tmp_path):
     with open(folder / "top_examples.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["index"]) for r in rows] == [9, 8, 7, 6]  # top_n=4, highest first
-    assert float(rows[0]["self_influence"]) == 1.0 and rows[0]["label"] == "1"
+    assert float(rows[0]["score"]) == 1.0 and rows[0]["label"] == "1"
     assert not list(folder.glob(".*")), "temporary files left behind"
 
 
@@ -171,7 +187,7 @@ def test_mlflow_file_store_holds_the_images_the_table_and_the_scalars(
     assert tables == ["influence/top_examples/epoch=1-step=7.json"]
     local = client.download_artifacts(run_id, tables[0], str(tmp_path / "got"))
     table = json.loads(Path(local).read_text())
-    assert table["columns"] == ["rank", "index", "self_influence", "label", "input"]
+    assert table["columns"] == ["rank", "index", "score", "label", "status", "input"]
     assert [row[1] for row in table["data"]] == [9, 8, 7, 6]
 
 
@@ -206,7 +222,7 @@ def test_wandb_offline_run_holds_the_media_and_the_table(namespace, tmp_path, mo
         assert decode_png(pngs[0].read_bytes())[2] == 3
     (table_file,) = (media / "table" / "influence").glob("top_examples_*.table.json")
     table = json.loads(table_file.read_text())
-    assert table["columns"] == ["rank", "index", "self_influence", "label", "input"]
+    assert table["columns"] == ["rank", "index", "score", "label", "status", "input"]
     assert [row[1] for row in table["data"]] == [9, 8, 7, 6]
 
 
@@ -341,9 +357,11 @@ def test_tensorboard_serves_spectra_and_self_influence(tmp_path):
         # the custom-scalars page tells the story without searching tags
         layout = _get_json(f"{base}/custom_scalars/layout")
         titles = [c["title"] for c in layout["category"]]
-        assert titles == ["influence: the spectrum and the scores", "influence: pruning"]
+        # only what the run has: no InfluenceDataModule, no validation set, no pruning charts
+        assert titles == ["influence: the spectrum and the signals"]
         charts = {ch["title"] for c in layout["category"] for ch in c["chart"]}
-        assert {"top eigenvalues over training", "dropped vs known noise"} <= charts
+        assert {"top eigenvalues over training", "cost of an analysis (training epochs)"} <= charts
+        assert not {"dropped vs known noise", "validation influence (mean, min)"} & charts
         text = _get_json(f"{base}/text/tags")[run]
         assert "influence/top_examples/text_summary" in text  # SummaryWriter.add_text's suffix
     finally:
