@@ -3,6 +3,8 @@ new eigensolver, a new pruning signal and a new logger are one file and one regi
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from lightning_influence import ArnoldiInfluence, PruningConfig
@@ -97,7 +99,7 @@ def test_a_new_logger_is_one_adapter_and_one_registration():
 
     class Notebook(Logger):
         name, version = "notebook", 0
-        seen: list = []
+        seen: ClassVar[list] = []
 
         def log_metrics(self, metrics, step=None):
             self.seen.append(("metrics", step))
