@@ -135,28 +135,63 @@ def loss_name(loss_fn: LossFn | None) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
-def check_losses(losses: Any, batch_size: int, where: str) -> None:
+def check_contract(losses: Any, batch_size: int, where: str) -> None:
+    """Raise ``ConfigurationError`` unless ``losses`` is a ``Tensor[batch_size]``: one loss per
+    example (``where`` names the batch in the message)."""
+    if not isinstance(losses, Tensor):
+        raise ConfigurationError(
+            f"loss_fn returned {type(losses).__name__} for {where}; it must return a Tensor of "
+            f"per-example losses, shape [{batch_size}]"
+        )
+    if losses.shape != (batch_size,):
+        raise ConfigurationError(
+            f"loss_fn returned a tensor of shape {tuple(losses.shape)} for {where} of "
+            f"{batch_size} examples: it must return one loss per example, shape [{batch_size}] "
+            "(use reduction='none')"
+        )
+
+
+def check_losses(
+    losses: Any,
+    batch_size: int,
+    where: str,
+    *,
+    indices: Sequence[int] | None = None,
+    weights: Mapping[str, Tensor] | None = None,
+) -> None:
     """Raise unless ``losses`` is a finite ``Tensor[batch_size]``.
 
     Args:
         losses: what the loss function returned.
         batch_size: examples in the batch.
         where: named in the message, e.g. ``"batch 3 of the HVP sample loader"``.
+        indices: the dataset index of each example of the batch, to name the bad ones.
+        weights: the model's parameters, to say when they are themselves NaN or Inf.
+
+    Raises:
+        ConfigurationError: not a tensor of one loss per example (a mistake of configuration:
+            every analysis would fail).
+        FloatingPointError: NaN or Inf losses (numerical trouble at these weights).
     """
-    if not isinstance(losses, Tensor):
-        raise TypeError(
-            f"loss_fn returned {type(losses).__name__}; it must return a Tensor of per-example "
-            f"losses, shape [{batch_size}]"
-        )
-    if losses.shape != (batch_size,):
-        raise ValueError(
-            f"loss_fn returned a tensor of shape {tuple(losses.shape)} for a batch of {batch_size} "
-            f"examples: it must return one loss per example, shape [{batch_size}] (use "
-            "reduction='none')"
-        )
-    if not bool(torch.isfinite(losses).all()):
-        bad = (~torch.isfinite(losses)).nonzero().flatten()[:5].tolist()
+    check_contract(losses, batch_size, where)
+    if bool(torch.isfinite(losses).all()):
+        return
+    bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+    shown = f"{len(bad)} of its {batch_size} examples"
+    if indices is not None:
+        shown += f", dataset indices {[int(indices[i]) for i in bad[:8]]}"
+    else:
+        shown += f", positions {bad[:8]} within the batch"
+    broken = [
+        name for name, w in (weights or {}).items() if not bool(torch.isfinite(w.detach()).all())
+    ]
+    if broken:
         raise FloatingPointError(
-            f"loss_fn returned NaN or Inf in {where} (positions {bad} within the batch): check "
-            "those inputs and the model's parameters"
+            f"loss_fn returned NaN or Inf in {where} ({shown}) because the model's weights are "
+            f"themselves NaN or Inf ({', '.join(broken[:5])}): training diverged before this "
+            "analysis (lower the learning rate, clip gradients)"
         )
+    raise FloatingPointError(
+        f"loss_fn returned NaN or Inf in {where} ({shown}); the weights are finite: check those "
+        "examples' inputs"
+    )

@@ -61,14 +61,20 @@ def test_resolve_and_check_losses():
     torch.testing.assert_close(method(WithMethod(4, 3), (x, y)).shape, torch.Size([5]))
     with pytest.raises(ConfigurationError, match="def influence_loss"):
         resolve_loss(None, nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"shape \[5\] \(use reduction='none'\)"):
+    # a wrong shape or type is a mistake of configuration, not numerical trouble
+    with pytest.raises(ConfigurationError, match=r"shape \[5\] \(use reduction='none'\)"):
         check_losses(torch.zeros(()), 5, "batch 0")
-    with pytest.raises(
-        FloatingPointError, match=r"in batch 3 of the HVP sample loader \(positions \[1\]"
-    ):
-        check_losses(torch.tensor([0.0, float("nan")]), 2, "batch 3 of the HVP sample loader")
-    with pytest.raises(TypeError, match="must return a Tensor"):
+    with pytest.raises(ConfigurationError, match="must return a Tensor"):
         check_losses([0.0], 1, "batch 0")
+    nan = torch.tensor([0.0, float("nan")])
+    where = "batch 3 of the HVP sample loader"
+    with pytest.raises(FloatingPointError, match=r"in batch 3 .*positions \[1\] within the batch"):
+        check_losses(nan, 2, where)
+    # the dataset indices when known, and whether the weights themselves broke
+    with pytest.raises(FloatingPointError, match=r"dataset indices \[17\].*the weights are finite"):
+        check_losses(nan, 2, where, indices=[4, 17], weights={"w": torch.ones(2)})
+    with pytest.raises(FloatingPointError, match=r"weights are themselves NaN or Inf \(w\)"):
+        check_losses(nan, 2, where, weights={"w": torch.tensor([float("inf")])})
 
 
 def test_mse_is_per_example():

@@ -31,9 +31,11 @@ def _matches(name: str, pattern: str) -> bool:
 def select_parameters(model: nn.Module, params: ParamSelector = None) -> dict[str, Tensor]:
     """The selected parameters of ``model`` by name, in ``named_parameters`` order.
 
+    ``None`` selects the parameters that require grad (the ones training updates: a LoRA
+    adapter's, say); parameters named explicitly are selected even when frozen.
+
     Raises:
-        ValueError: a pattern selects nothing, nothing is selected, or a selected parameter
-            does not require grad.
+        ValueError: a pattern selects nothing, or nothing is selected.
     """
     named = dict(model.named_parameters())
     if not named:
@@ -42,8 +44,9 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> dict[st
         chosen = {n: p for n, p in named.items() if p.requires_grad}
         if not chosen:
             raise ValueError(
-                "no parameter of the model requires grad: unfreeze the layers to analyse, or "
-                "pass params=[...] naming them"
+                "no parameter of the model requires grad, so there is none to analyse by "
+                "default: pass params=[...] naming the parameters to analyse (frozen ones can "
+                "be analysed when named), e.g. params=['classifier']"
             )
         return chosen
     if callable(params):
@@ -66,12 +69,8 @@ def select_parameters(model: nn.Module, params: ParamSelector = None) -> dict[st
         raise ValueError(
             "params selects no parameter: pass names, prefixes or a predicate that match"
         )
-    frozen = [n for n, p in chosen.items() if not p.requires_grad]
-    if frozen:
-        raise ValueError(
-            f"selected parameters {frozen[:5]} do not require grad: leave frozen parameters out "
-            "of params, or set requires_grad=True on them"
-        )
+    # Parameters named here are analysed whether or not training updates them: the analysis
+    # differentiates detached copies, never the live parameters.
     return chosen
 
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import RandomSampler
+from torch.utils.data import RandomSampler, Subset
 from tqdm.auto import tqdm
 
 from lightning_influence.config import ConfigurationError, ScoringConfig, parse_dtype
@@ -30,7 +30,7 @@ from lightning_influence.core.projection import project
 from lightning_influence.io.shards import ScoreShards
 from lightning_influence.losses import check_losses
 
-__all__ = ["SIGNALS_OF_PROJECTIONS", "TopInfluences", "ValidationProjection"]
+__all__ = ["MAX_CLASS_COLUMNS", "TopInfluences", "ValidationProjection"]
 
 TransferFn = Callable[[Any], Any]
 _GRAD_CHUNK_BYTES = 256 * 2**20
@@ -57,6 +57,21 @@ class TopInfluences(NamedTuple):
     proponent_scores: Tensor
     opponents: Tensor
     opponent_scores: Tensor
+
+
+def dataset_indices(loader: Any, batch_index: int, size: int) -> list[int] | None:
+    """The dataset indices of batch ``batch_index`` of an unshuffled loader (a ``Subset``'s
+    own indices, or positions), for error messages; None when the order is not known."""
+    sampler = getattr(loader, "sampler", None)
+    step = getattr(loader, "batch_size", None)
+    if sampler is None or step is None or isinstance(sampler, RandomSampler):
+        return None
+    start = batch_index * step
+    positions = range(start, start + size)
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, Subset):
+        return [int(dataset.indices[p]) for p in positions]
+    return list(positions)
 
 
 def sync_device(device: torch.device) -> None:
@@ -167,7 +182,13 @@ class EngineBase:
         for i, batch in enumerate(self.batches(loader, what)):
             size = _batch.batch_size(batch)
             with torch.no_grad():
-                check_losses(f(params, batch), size, f"batch {i} of the {what} loader")
+                check_losses(
+                    f(params, batch),
+                    size,
+                    f"batch {i} of the {what} loader",
+                    indices=dataset_indices(loader, i, size),
+                    weights=params,
+                )
             count += size
             first = batch if first is None else first
             if keep:
@@ -221,8 +242,9 @@ class _Scored(NamedTuple):
     batch: Any = None  # the batch on the device (None when skipped)
 
 
-SIGNALS_OF_PROJECTIONS = ("self_influence", "validation_influence", "loss")
-"""The per-example signals an engine computes from one pass over the training data."""
+MAX_CLASS_COLUMNS = 32
+"""Validation influence per class gets a column per class up to this many classes (the minimum
+over classes and its class are always computed)."""
 
 
 class ProjectedInfluence(EngineBase):
@@ -429,7 +451,13 @@ class ProjectedInfluence(EngineBase):
                 result = None
                 if not checked:
                     with torch.no_grad():
-                        check_losses(f(params, batch), size, f"batch {index} of the {what} loader")
+                        check_losses(
+                            f(params, batch),
+                            size,
+                            f"batch {index} of the {what} loader",
+                            indices=dataset_indices(loader, index, size),
+                            weights=params,
+                        )
                     checked = True
                     if self.projection_mode_ is None:
                         self.projection_mode_, result = self._choose_projection(
@@ -525,7 +553,10 @@ class ProjectedInfluence(EngineBase):
         * ``loss``: the per-example loss at the current weights (eval mode);
         * with ``validation`` (``validation_projection(val_loader)``): ``validation_influence``
           ``sum_i w_i v_i P[x, i]`` and, when the validation classes are known,
-          ``validation_influence_class_<c>`` per class c.
+          ``validation_influence_min`` (the lowest over the classes c of
+          ``V_c(x) = sum_i w_i v_{c,i} P[x, i]``, the class x hurts most),
+          ``validation_influence_min_class`` (that class) and, up to ``MAX_CLASS_COLUMNS``
+          classes, ``validation_influence_class_<c>``.
         """
         weights = self.inverse_eigenvalue_weights
         out: dict[str, list[Tensor]] = {}
@@ -549,8 +580,18 @@ class ProjectedInfluence(EngineBase):
         out = {"self_influence": scores.self_influence(p, w), "loss": losses.double()}
         if validation is not None:
             out["validation_influence"] = p @ (w * validation.total.to(p))
-            for c, v in sorted((validation.by_class or {}).items()):
-                out[f"validation_influence_class_{c}"] = p @ (w * v.to(p))
+            classes = sorted((validation.by_class or {}).items())
+            if classes:
+                per_class = p @ (w[:, None] * torch.stack([v.to(p) for _, v in classes], 1))
+                # the validation class each example hurts most, and by how much: a mislabeled
+                # example hurts the class it truly belongs to, which a sum over classes dilutes
+                low, which = per_class.min(1)
+                out["validation_influence_min"] = low
+                ids = torch.tensor([c for c, _ in classes], dtype=torch.float64)
+                out["validation_influence_min_class"] = ids[which]
+                if len(classes) <= MAX_CLASS_COLUMNS:
+                    for j, (c, _) in enumerate(classes):
+                        out[f"validation_influence_class_{c}"] = per_class[:, j]
         return out
 
     def self_influence_shards(

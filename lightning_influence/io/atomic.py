@@ -22,7 +22,8 @@ def atomic_write(
     ``binary=True`` opens the handle in bytes mode (a PNG, say); else it is text.
 
     A crash (or an error inside ``write``) never leaves a half-written ``path``: the old file
-    stays as it was and the temporary file is removed. Returns the path.
+    stays as it was and the temporary file is removed. The file gets the mode a plain ``open``
+    would give it (0666 less the umask: 0644 under the usual 022). Returns the path.
 
     Example:
         >>> import tempfile, pathlib
@@ -34,6 +35,9 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; a file written in place would get 0666 less the umask,
+        # as Lightning's own files beside ours do (teammates and a TensorBoard server read them)
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as handle:
             write(handle)
             handle.flush()
@@ -44,6 +48,13 @@ def atomic_write(
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    # The process umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -240,17 +240,21 @@ def weights_fingerprint(tensors: Mapping[str, Tensor]) -> str:
 
 def check_event_folder(
     folder: str | os.PathLike, arguments: dict[str, Any], weights: str | None = None
-) -> None:
+) -> bool:
     """Refuse to write into an event folder that another analysis made: other result
     ``arguments`` (``result_arguments`` of both sides are compared; a manifest written before a
     field existed counts as that field's default) or other ``weights`` (``weights_fingerprint``).
+
+    Returns:
+        True when the folder already holds this very event (the same arguments and weights):
+        the caller reuses it instead of computing it again; False when there is none.
 
     Raises:
         ConfigurationError: naming what differs and the ways out.
     """
     manifest_path = Path(folder) / MANIFEST_FILE
     if not manifest_path.is_file():
-        return
+        return False
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
@@ -265,13 +269,14 @@ def check_event_folder(
             "overwritten: give this analysis another name= (or dirpath=), or delete that folder"
         )
     their_weights = manifest.get("weights_sha256")
-    if weights is not None and their_weights is not None and their_weights != weights:
+    if weights is not None and their_weights != weights:
         made_by = manifest.get("checkpoint") or f"a run at epoch {manifest.get('epoch')}"
         raise ConfigurationError(
             f"{folder} holds an event of other weights (made from {made_by}); it is not "
             "overwritten: give this analysis another name= (or dirpath=, --out), use a new "
             "log version for a new run, or delete that folder"
         )
+    return weights is not None
 
 
 def _sha256(path: Path) -> str:

@@ -8,6 +8,7 @@ that two analyses with other results never write into the same folder, and they 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -90,8 +91,17 @@ def argument_differences(
     return ", ".join(f"{k}={theirs.get(k)!r} there vs {ours.get(k)!r} here" for k in differing[:4])
 
 
-def versions() -> dict[str, str]:
-    """Versions of the packages that made a result."""
+def versions(namespace: str | None = None) -> dict[str, str]:
+    """Versions of the packages that made a result; with ``namespace`` (``"pytorch_lightning"``
+    or ``"lightning.pytorch"``), the version of the Lightning package that ran it, under its
+    package's name (``pytorch_lightning`` or ``lightning``).
+
+    Example:
+        >>> sorted(versions("lightning.pytorch"))[:2]
+        ['lightning', 'lightning_influence']
+    """
+    import importlib
+
     import lightning_influence
 
     out = {
@@ -100,20 +110,26 @@ def versions() -> dict[str, str]:
         "numpy": str(np.__version__),
         "python": platform.python_version(),
     }
-    try:
-        import pytorch_lightning
-
-        out["pytorch_lightning"] = str(pytorch_lightning.__version__)
-    except ImportError:  # pragma: no cover - the Lightning layer needs it
-        pass
+    package = (namespace or "pytorch_lightning").split(".")[0]
+    with contextlib.suppress(ImportError):  # the Lightning layer needs it; the core does not
+        out[package] = str(importlib.import_module(package).__version__)
     return out
 
 
-def build_manifest(arguments: dict[str, Any], **provenance: Any) -> dict[str, Any]:
+def build_manifest(
+    arguments: dict[str, Any], *, namespace: str | None = None, **provenance: Any
+) -> dict[str, Any]:
     """``{"method": "arnoldi", "arguments": ..., **provenance, "versions": ...}`` as plain JSON.
 
+    ``namespace``: the Lightning namespace of the run (recorded, and its package's version).
     Plain JSON types only: the manifest also goes into checkpoints, which Lightning may load with
     ``weights_only=True`` (``torch.__version__`` is a TorchVersion, not a str).
     """
-    manifest = {"method": "arnoldi", "arguments": arguments, **provenance, "versions": versions()}
+    manifest = {
+        "method": "arnoldi",
+        "arguments": arguments,
+        **provenance,
+        "lightning_namespace": namespace,
+        "versions": versions(namespace),
+    }
     return json.loads(json.dumps(manifest, default=str))

@@ -30,12 +30,15 @@ import torch
 from torch import Tensor
 
 from lightning_influence.config import AnalysisConfig, ConfigurationError
+from lightning_influence.core import batch as _batch
+from lightning_influence.core.context import analysis_context
 from lightning_influence.engines.arnoldi import ArnoldiInfluence
 from lightning_influence.engines.base import ValidationProjection
 from lightning_influence.io.atomic import atomic_write
 from lightning_influence.io.events import (
     ScoringEvent,
     check_event_folder,
+    read_event,
     weights_fingerprint,
     write_event,
 )
@@ -44,7 +47,7 @@ from lightning_influence.io.shards import read_signals
 from lightning_influence.lightning.loaders import LoaderParts, loader_parts, ordered_loader
 from lightning_influence.lightning.loggers import log_event
 from lightning_influence.lightning.runtime import Runtime, preserved_rng_states, score_shard
-from lightning_influence.losses import LossFn, resolve_loss
+from lightning_influence.losses import LossFn, check_contract, resolve_loss
 
 __all__ = [
     "Trigger",
@@ -138,6 +141,24 @@ def _fitted_or_saved(
 
         runtime.agree(lambda: save() if runtime.is_global_zero else None)
     return engine, hvp_examples
+
+
+def check_loss_contract(
+    runtime: Runtime, config: AnalysisConfig, loss_fn: LossFn | None, trainer: Any
+) -> None:
+    """Run the loss on the first examples of the training set, as the analysis will (its
+    compute dtype, its transfer; a fixed slice: no sampler, no random stream is touched), and
+    raise ``ConfigurationError`` unless it gives one value per example."""
+    loader = getattr(trainer, "train_dataloader", None)
+    if loader is None:
+        return
+    parts = loader_parts(loader, config.batch_size)
+    size = min(parts.batch_size, len(parts.dataset))  # type: ignore[arg-type]
+    engine = build_engine(runtime, config, loss_fn)
+    with preserved_rng_states(), analysis_context(runtime.module), torch.no_grad():
+        batch = next(engine.batches(ordered_loader(parts, list(range(size))), "training"))
+        losses = engine.functional_loss()(engine.parameters(), batch)
+        check_contract(losses, _batch.batch_size(batch), "the first training batch")
 
 
 def validation_indices(num_examples: int, samples: int | None, seed: int) -> Tensor:
@@ -247,7 +268,12 @@ def run_analysis(
     folder = root / f"epoch={int(epoch)}-step={int(step)}"
     engine_probe = build_engine(runtime, config, loss_fn)
     weights = weights_fingerprint(engine_probe.parameters())
-    runtime.agree(lambda: check_event_folder(folder, arguments, weights))
+    if runtime.agree(lambda: check_event_folder(folder, arguments, weights)):
+        # This event exists (the same weights and arguments: a resumed run, or the command line
+        # on the checkpoint of an analysed epoch): it is reused, never written over, so the
+        # references other checkpoints hold to it stay valid.
+        with torch.inference_mode(False):
+            return runtime.agree(lambda: read_event(folder))
 
     streamed = folder / "scores" if config.shard_batches else None
     timings: dict[str, float] = {}
@@ -312,6 +338,7 @@ def run_analysis(
     timings["hvp_seconds"] = float(engine.fit_stats.get("hvp_seconds", float("nan")))
     event.manifest = build_manifest(
         arguments,
+        namespace=runtime.namespace,
         trigger=trigger,
         num_examples=num_examples,
         hvp_examples=hvp_examples,

@@ -37,7 +37,7 @@ from lightning_influence.core.parameters import select_parameters
 from lightning_influence.io.events import EventRef, ScoringEvent
 from lightning_influence.io.manifest import analysis_arguments, analysis_name
 from lightning_influence.lightning import compat
-from lightning_influence.lightning.analysis import Trigger, run_analysis
+from lightning_influence.lightning.analysis import Trigger, check_loss_contract, run_analysis
 from lightning_influence.lightning.dynamics import TrainingDynamics
 from lightning_influence.lightning.namespaces import MisconfigurationException, bases
 from lightning_influence.lightning.runtime import Runtime
@@ -305,11 +305,25 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         # (`trainer.log_dir` is a collective under DDP: every rank asks.)
         base = Path(self.dirpath) if self.dirpath is not None else _default_root(trainer)
         error: OSError | None = None
+        earlier: list[str] = []
         if trainer.is_global_zero:
             try:
                 ensure_writable(base / self.name)
             except OSError as err:
                 error = err
+            if getattr(trainer, "ckpt_path", None) is None and (base / self.name).is_dir():
+                earlier = sorted(p.parent.name for p in (base / self.name).glob("*/manifest.json"))
+        earlier = trainer.strategy.broadcast(earlier)
+        if earlier:
+            # A fresh run into a folder that holds another run's events would replace them (a
+            # fixed dirpath, logger=False, a reused log version): refused before any training.
+            raise MisconfigurationException(
+                f"InfluenceCallback({self.name}): {base / self.name} already holds the events of "
+                f"an earlier run ({', '.join(earlier[:3])}{', ...' if len(earlier) > 3 else ''})"
+                " and this fit does not resume from a checkpoint: give the callback another "
+                "dirpath= or name=, use a new log version, resume with ckpt_path=, or delete that "
+                "folder"
+            )
         if not trainer.strategy.reduce_boolean_decision(error is None, all=True):
             reason = f" ({error.strerror or error})" if error is not None else ""
             raise MisconfigurationException(
@@ -317,6 +331,16 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 f"{base / self.name}{reason}: pass a writable dirpath=, or fix the folder's "
                 "permissions"
             )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The loss' contract (one value per example) is checked on the first training examples
+        # before any training step: a mistake there would fail every analysis.
+        try:
+            runtime = Runtime.of(trainer, pl_module, False)
+            check_loss_contract(runtime, self.config, self.loss_fn, trainer)
+        except ConfigurationError as err:
+            raise MisconfigurationException(f"InfluenceCallback({self.name}): {err}") from err
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -484,6 +508,9 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 category=RuntimeWarning,
             )
             return None
+        known = next((e for e in self.events if e.uid == event.uid), None)
+        if known is not None:  # the same weights again: the event was reused, not recomputed
+            return known
         self.events.append(event)
         if self.config.max_events is not None:
             del self.events[: -self.config.max_events]

@@ -23,6 +23,7 @@ from pytorch_lightning.loggers import Logger
 from torch import Tensor, nn
 
 from lightning_influence.lightning.compat import before_batch_transfer
+from lightning_influence.lightning.namespaces import namespace_of
 
 __all__ = ["Runtime", "preserved_rng_states", "score_shard"]
 
@@ -40,6 +41,7 @@ class Runtime:
     loggers: list[Logger] = dataclasses.field(default_factory=list)
     progress: bool = True
     precision: str = ""
+    namespace: str | None = None
 
     @classmethod
     def of(
@@ -60,6 +62,7 @@ class Runtime:
             loggers=list(trainer.loggers),
             progress=progress,
             precision=str(trainer.precision),
+            namespace=namespace_of(trainer),
         )
 
     @classmethod
@@ -84,6 +87,7 @@ class Runtime:
             loggers=list(loggers),
             progress=progress,
             precision=_PRECISION_NAMES.get(dtype, str(dtype).removeprefix("torch.")),
+            namespace=namespace_of(module),
         )
 
     @property

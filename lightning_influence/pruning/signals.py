@@ -12,6 +12,10 @@ signal                                  suspect    what it is
                                                    removing x lowers the validation loss
 ``validation_influence_class_<c>``      low        the same over the validation examples of
                                                    class c
+``validation_influence_min``            low        the lowest of the per-class ones: the class
+                                                   the example hurts most (a mislabeled example
+                                                   hurts its true class; the sum over classes
+                                                   dilutes that)
 ``loss``                                high       the example's loss at the analysed weights
 ``loss_mean``                           high       its training loss averaged over the epochs
 ``aum``                                 low        the area under the margin: the assigned
@@ -95,6 +99,13 @@ register_signal(
     suspect="low",
     description="V(x) = sum_z I(x, z) over the validation set, about <g_val, H^-1 g_x>: negative "
     "when removing x would lower the validation loss",
+    needs_validation=True,
+)
+register_signal(
+    "validation_influence_min",
+    suspect="low",
+    description="min over the validation classes c of sum_{z in c} I(x, z): the validation class "
+    "the example hurts most",
     needs_validation=True,
 )
 register_signal(

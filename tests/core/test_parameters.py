@@ -21,12 +21,16 @@ def test_selection_forms():
     assert list(select_parameters(m, lambda n, p: p.ndim == 1)) == ["0.bias", "2.bias"]
 
 
-def test_frozen_parameters_are_left_out_by_default():
+def test_frozen_parameters_are_left_out_by_default_and_analysed_when_named():
     m = _model()
     m[0].requires_grad_(False)
     assert list(select_parameters(m)) == ["2.weight", "2.bias"]
-    with pytest.raises(ValueError, match="do not require grad"):
-        select_parameters(m, ["0"])
+    assert list(select_parameters(m, ["0"])) == ["0.weight", "0.bias"]
+    # the hint of a fully frozen model, followed, works
+    frozen = _model().requires_grad_(False)
+    with pytest.raises(ValueError, match=r"pass params=\[...\] naming the parameters"):
+        select_parameters(frozen)
+    assert list(select_parameters(frozen, ["2"])) == ["2.weight", "2.bias"]
 
 
 def test_selection_errors():

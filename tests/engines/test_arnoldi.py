@@ -350,9 +350,18 @@ def test_non_finite_loss_names_the_batch():
     xb[3, 0] = float("nan")
     bad[2] = (xb, bad[2][1])
     with pytest.raises(
-        FloatingPointError, match=r"batch 2 of the HVP sample loader \(positions \[3\]"
+        FloatingPointError,
+        match=r"batch 2 of the HVP sample loader \(1 of its 10 .*positions \[3\]",
     ):
         ArnoldiInfluence(model, cross_entropy, n_iters=3, top_k=2, progress=False).fit(bad)
+    # an unshuffled DataLoader over a Subset: the message names the dataset index
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    x = torch.cat([b[0] for b in bad])
+    y = torch.cat([b[1] for b in bad])
+    loader = DataLoader(Subset(TensorDataset(x, y), list(range(5, 40))), batch_size=10)
+    with pytest.raises(FloatingPointError, match=r"dataset indices \[23\]"):
+        ArnoldiInfluence(model, cross_entropy, n_iters=3, top_k=2, progress=False).fit(loader)
 
 
 def test_non_finite_hvp_names_the_batch():
@@ -388,3 +397,19 @@ def test_a_parameter_subset_builds_no_graph_through_the_other_parameters():
         model, cross_entropy, params=["2"], n_iters=10, top_k=4, curvature="ggn", progress=False
     ).fit(batches)
     assert not ggn.eigenvectors.requires_grad
+
+
+def test_a_frozen_model_is_analysed_when_its_parameters_are_named():
+    model = make_mlp().requires_grad_(False)
+    _, _, batches = make_data()
+    engine = ArnoldiInfluence(
+        model, cross_entropy, params=["2"], n_iters=20, top_k=4, progress=False
+    ).fit(batches)
+    reference = make_mlp()
+    reference[0].requires_grad_(False)  # the same weights, only the head trainable
+    expected = ArnoldiInfluence(reference, cross_entropy, n_iters=20, top_k=4, progress=False)
+    expected.fit(batches)
+    torch.testing.assert_close(engine.eigenvalues, expected.eigenvalues, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        engine.self_influence(batches), expected.self_influence(batches), rtol=1e-8, atol=1e-12
+    )

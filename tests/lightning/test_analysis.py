@@ -146,7 +146,14 @@ def test_cli_score_streams_shards_and_resumes_an_interrupted_run(trained, tmp_pa
     assert saved.stat().st_mtime_ns == fitted_at  # the saved eigenpairs were used, not refitted
     assert len(list((scores / "rank-0-of-1").glob("shard-*.csv"))) == 5
 
-    # without --resume the analysis starts over
+    # a complete event of these weights and arguments is reused, never written over
+    uid = json.loads((folder / "manifest.json").read_text())["uid"]
+    assert main([str(a) for a in base]) == 0
+    assert json.loads((folder / "manifest.json").read_text())["uid"] == uid
+    assert saved.stat().st_mtime_ns == fitted_at
+
+    # an interrupted analysis without --resume starts over
+    (folder / "manifest.json").unlink()
     assert main([str(a) for a in base]) == 0
     assert saved.stat().st_mtime_ns != fitted_at
     assert (folder / "signals.csv").read_bytes() == expected

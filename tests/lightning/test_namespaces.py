@@ -138,6 +138,9 @@ def test_fit_scores_drops_logs_and_resumes(ns, tmp_path):
     assert [e.epoch for e in callback.events] == [0, 1]
     written = load_event(callback.events[-1].directory)
     assert written.uid == callback.events[-1].uid
+    # the manifest names the namespace the run used, and that package's version
+    assert written.manifest["lightning_namespace"] == ns.pl.__name__
+    assert ns.pl.__name__.split(".")[0] in written.manifest["versions"]
     assert written.self_influence.shape == (N,) and torch.isfinite(written.self_influence).all()
     # the DataModule dropped the quarter of the examples that the first event scored highest
     assert sorted(model.seen[0]) == list(range(N))
