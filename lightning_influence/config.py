@@ -502,6 +502,15 @@ class AnalysisConfig(ArnoldiConfig):
             role="schedule",
         ),
     )
+    max_eigenpairs_mb: float | None = field(
+        default=256,
+        metadata=_help(
+            "save the eigenpairs of each analysis (eigenpairs.safetensors in its event folder: "
+            "reused by explain, score --resume and interrupted analyses) when they take at most "
+            "this many MiB (k x P x 4 bytes); None: always; 0: never.",
+            role="execution",
+        ),
+    )
     shard_batches: int | None = field(
         default=None,
         metadata=_help(
@@ -522,6 +531,11 @@ class AnalysisConfig(ArnoldiConfig):
         _int("log_top_n", self.log_top_n, 0, "0 shows no examples")
         _int("max_events", self.max_events, 1, "None keeps every event", True)
         _int("shard_batches", self.shard_batches, 1, "None scores in memory", True)
+        if self.max_eigenpairs_mb is not None and not self.max_eigenpairs_mb >= 0:
+            raise ValueError(
+                f"max_eigenpairs_mb={self.max_eigenpairs_mb!r} must be >= 0 (MiB; 0 never saves "
+                "them, None always does)"
+            )
         if isinstance(self.params, str):
             self.params = [self.params]
         elif self.params is not None and not callable(self.params):

@@ -108,16 +108,22 @@ def _parts(loader: Any, batch_size: int | None) -> Any:
 
 
 def _fit(args: argparse.Namespace, loaded: Loaded, config: AnalysisConfig) -> tuple[Any, Any]:
-    """Fit the engine as ``score`` does (same HVP sample, config and device); the engine and
-    the training data's loader parts."""
-    from lightning_influence.lightning.analysis import fit_engine
+    """Fit the engine as ``score`` does (same HVP sample, config and device), or read the
+    eigenpairs an earlier ``score`` (or the callback) saved for these weights and arguments; the
+    engine and the training data's loader parts."""
+    from lightning_influence.lightning.analysis import fit_engine, saved_engine
     from lightning_influence.lightning.runtime import Runtime
 
     loss_fn = _loss(args.loss, loaded.model)
     parts = _parts(dataloader(loaded.datamodule, "train"), config.batch_size)
     device = _device(args)
     runtime = Runtime.standalone(loaded.model.to(device), device, progress=config.progress)
+    folder = _event_folder(args, loaded, config, loss_fn)
     with torch.inference_mode(False):
+        engine = saved_engine(runtime, config, loss_fn, folder)
+        if engine is not None:
+            print(f"reusing the eigenpairs saved in {folder}", file=sys.stderr)
+            return engine, parts
         engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts)
     if config.progress:
         print(
@@ -126,6 +132,19 @@ def _fit(args: argparse.Namespace, loaded: Loaded, config: AnalysisConfig) -> tu
             file=sys.stderr,
         )
     return engine, parts
+
+
+def _event_folder(args: argparse.Namespace, loaded: Loaded, config: AnalysisConfig, loss_fn: Any):
+    """Where ``score`` writes (or wrote) the event of this checkpoint and these arguments."""
+    from pathlib import Path
+
+    from lightning_influence.io.manifest import analysis_arguments, analysis_name
+    from lightning_influence.lightning.offline import checkpoint_position, default_dirpath
+
+    base = Path(args.out) if args.out is not None else default_dirpath(loaded.ckpt_path)
+    name = args.name or analysis_name(analysis_arguments(config, loss_fn))
+    epoch, step = checkpoint_position(loaded.checkpoint)
+    return base / name / f"epoch={epoch}-step={step}"
 
 
 # -- subcommands -----------------------------------------------------------------------------------
@@ -183,6 +202,15 @@ def _explain(args: argparse.Namespace, loaded: Loaded, config: AnalysisConfig) -
             f"--examples {' '.join(map(str, bad))}: out of range for the {args.split} split, "
             f"which has {size} examples (indices 0..{size - 1})"
         )
+    if args.image is not None:
+        from lightning_influence.viz import as_image
+
+        inputs, _ = inputs_label(split.dataset[args.examples[0]])
+        if as_image(inputs) is None:  # before the (long) fit, not after it
+            raise CLIError(
+                f"--image: the {args.split} split's inputs are not images (example "
+                f"{args.examples[0]} is {type(inputs).__name__}); use the table or --csv"
+            )
     engine, train = _fit(args, loaded, config)
     with torch.inference_mode(False):
         top = engine.top_influences(

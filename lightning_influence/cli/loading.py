@@ -84,6 +84,7 @@ class _Spec:
 
     class_path: str | None = None
     init_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    from_config: bool = False  # the section came from a --config file (an explicit choice)
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -109,7 +110,7 @@ def _spec_from_config(config: dict[str, Any], section: str, path: str) -> _Spec:
     if entry is None:
         return _Spec()
     if isinstance(entry, str):
-        return _Spec(entry)
+        return _Spec(entry, from_config=True)
     if not isinstance(entry, dict):
         raise CLIError(
             f"--config {path}: '{section}:' must be a mapping ({{class_path, init_args}}), "
@@ -119,9 +120,9 @@ def _spec_from_config(config: dict[str, Any], section: str, path: str) -> _Spec:
         init_args = entry.get("init_args") or {}
         if not isinstance(init_args, dict):
             raise CLIError(f"--config {path}: '{section}.init_args' must be a mapping")
-        return _Spec(str(entry["class_path"]), dict(init_args))
+        return _Spec(str(entry["class_path"]), dict(init_args), from_config=True)
     # LightningCLI(MyModel) saves the init arguments directly under 'model:'.
-    return _Spec(None, dict(entry))
+    return _Spec(None, dict(entry), from_config=True)
 
 
 def import_class(class_path: str, flag: str, base: type | tuple[type, ...]) -> type:
@@ -260,14 +261,29 @@ def load(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> Loaded:
         **saved_init_args(model_cls, checkpoint, "hyper_parameters"),
         **model_spec.init_args,
     }
-    data_args = {
-        **saved_init_args(data_cls, checkpoint, "datamodule_hyper_parameters"),
-        **data_spec.init_args,
-    }
     model = _instantiate(model_cls, model_args, "--model")
     _check_fits(model, checkpoint, ckpt, "--model")
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
+    saved_data = saved_init_args(data_cls, checkpoint, "datamodule_hyper_parameters")
+    data_args = {**saved_data, **data_spec.init_args}
+    told = (
+        bool(data_spec.init_args) or data_spec.from_config or getattr(args, "data_defaults", False)
+    )
+    settable = [
+        p.name
+        for p in inspect.signature(data_cls.__init__).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if settable and not checkpoint.get("datamodule_hyper_parameters") and not told:
+        # Built from its defaults, a DataModule trained with other arguments would score other
+        # data, silently: the checkpoint does not say, so the user must.
+        raise CLIError(
+            f"the checkpoint does not record the init arguments of {data_cls.__name__} "
+            f"({', '.join(settable)}): it never called self.save_hyperparameters(), so its "
+            "defaults may not be the data the model trained on. Pass them with "
+            "--data.init_args.NAME VALUE (or --config), or --data-defaults to use the defaults"
+        )
     datamodule = _instantiate(data_cls, data_args, "--data")
     return Loaded(model, datamodule, checkpoint, ckpt)
 

@@ -142,6 +142,12 @@ def _common_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", metavar="CLASS_PATH", help="the LightningDataModule class")
     source.add_argument("--config", metavar="FILE", help="a LightningCLI YAML config")
     source.add_argument(
+        "--data-defaults",
+        action="store_true",
+        help="build the DataModule from its default init arguments even though the checkpoint "
+        "does not record them (it never called save_hyperparameters)",
+    )
+    source.add_argument(
         "--loss",
         default="auto",
         metavar="NAME",
@@ -153,6 +159,20 @@ def _common_parser() -> argparse.ArgumentParser:
         "the analysis (InfluenceCallback's arguments; lightning_influence.AnalysisConfig)"
     )
     add_config_options(engine, AnalysisConfig, CLI_FIELDS)
+    where = common.add_argument_group(
+        "event folders (score writes one; explain and spectrum reuse its saved eigenpairs)"
+    )
+    where.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where the analysis' folder is (default: <log_dir>/influence for a checkpoint in "
+        "<log_dir>/checkpoints/, else influence/ beside the checkpoint)",
+    )
+    where.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the analysis' folder name (default: arnoldi-<hash of the arguments>, as the callback's)",
+    )
     run = common.add_argument_group("running")
     run.add_argument(
         "--device", metavar="DEVICE", help="where to compute (default: cuda if available, else cpu)"
@@ -209,17 +229,6 @@ examples:
   # -> logs/version_0/influence/arnoldi-<hash>/epoch=9-step=500/signals.csv
   lightning-influence score --config logs/version_0/config.yaml --ckpt CKPT --tensorboard logs
 """,
-    )
-    score.add_argument(
-        "--out",
-        metavar="DIR",
-        help="where the analysis' folder goes (default: <log_dir>/influence for a checkpoint in "
-        "<log_dir>/checkpoints/, else influence/ beside the checkpoint)",
-    )
-    score.add_argument(
-        "--name",
-        metavar="NAME",
-        help="the analysis' folder name (default: arnoldi-<hash of the arguments>, as the callback's)",
     )
     score.add_argument(
         "--tensorboard", metavar="DIR", help="also log the event to a TensorBoard run under DIR"

@@ -6,6 +6,7 @@ One scoring event (an analysis at some epoch and step) is a folder, the single s
         signals.csv          index,self_influence,loss,validation_influence,...  (one row per
                              training example, by dataset index; one column per signal)
         eigenvalues.csv      rank,eigenvalue,residual  (sorted by |eigenvalue|, descending)
+        eigenpairs.safetensors  the eigenvectors too (``io.eigenpairs``; size-capped)
         manifest.json        uid, arguments, epoch, step, timings, versions, and the SHA-256 of
                              every file above (``files``)
 
@@ -320,7 +321,10 @@ def write_event(event: ScoringEvent, root: str | os.PathLike) -> Path:
     atomic_write(folder / EIGENVALUES_FILE, write_eigenvalues)
     (folder / LEGACY_SCORES_FILE).unlink(missing_ok=True)
     files = dict(event.manifest.get("files", {}))
-    files.update({f: _sha256(folder / f) for f in (SIGNALS_FILE, EIGENVALUES_FILE)})
+    written = [SIGNALS_FILE, EIGENVALUES_FILE]
+    if (folder / "eigenpairs.safetensors").is_file():
+        written.append("eigenpairs.safetensors")
+    files.update({f: _sha256(folder / f) for f in written})
     event.manifest = {**event.manifest, "files": files}
     manifest = {
         "uid": event.uid,

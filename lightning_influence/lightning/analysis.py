@@ -19,7 +19,6 @@ scores its shard of the dataset, the shards are gathered, and global zero writes
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -27,14 +26,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
-from lightning_influence.config import AnalysisConfig, ConfigurationError
+from lightning_influence.config import (
+    AnalysisConfig,
+    ArnoldiConfig,
+    ConfigurationError,
+    field_names,
+)
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.context import analysis_context
 from lightning_influence.engines.arnoldi import ArnoldiInfluence
 from lightning_influence.engines.base import ValidationProjection
 from lightning_influence.io.atomic import atomic_write
+from lightning_influence.io.eigenpairs import (
+    EIGENPAIRS_FILE,
+    eigenpairs_bytes,
+    load_eigenpairs,
+    save_eigenpairs,
+)
 from lightning_influence.io.events import (
     ScoringEvent,
     check_event_folder,
@@ -56,6 +67,7 @@ __all__ = [
     "hvp_indices",
     "project_validation",
     "run_analysis",
+    "saved_engine",
     "validation_indices",
 ]
 
@@ -120,27 +132,59 @@ def _fitted_or_saved(
     config: AnalysisConfig,
     loss_fn: LossFn | None,
     parts: LoaderParts,
-    saved: Path | None,
+    saved: Path,
+    weights: str,
     resume: bool,
 ) -> tuple[ArnoldiInfluence, int]:
-    """The fitted engine: from ``saved`` (the eigenpairs of an interrupted analysis of these
-    weights) when resuming, else fitted now (and saved there by global zero)."""
-    if saved is not None and resume and saved.is_file():
-        state = torch.load(saved, map_location="cpu", weights_only=False)
-        engine = build_engine(runtime, config, loss_fn)
-        engine.load_state_dict(state["engine"])
-        return engine, int(state["hvp_examples"])
+    """The fitted engine: read from ``saved`` (``eigenpairs.safetensors`` of an interrupted
+    analysis of these weights and arguments) when resuming, else fitted now and saved there by
+    global zero (when its size is within ``config.max_eigenpairs_mb``)."""
+    engine = build_engine(runtime, config, loss_fn)
+    if resume and saved.is_file():
+        state, theirs = load_eigenpairs(saved)
+        if theirs == weights and _same_fit(state.get("config", {}), engine.config.to_dict()):
+            engine.load_state_dict(state)
+            return engine, int(state.get("fit_stats", {}).get("num_examples", 0))
     engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts)
-    if saved is not None:
+    state = engine.state_dict()
+    cap = config.max_eigenpairs_mb
+    size = eigenpairs_bytes(state)
+    if cap is None or size <= cap * 2**20:
 
         def save() -> None:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            tmp = saved.with_name(f".{saved.name}.tmp")
-            torch.save({"engine": engine.state_dict(), "hvp_examples": hvp_examples}, tmp)
-            os.replace(tmp, saved)
+            save_eigenpairs(saved, state, weights_sha256=weights)
 
         runtime.agree(lambda: save() if runtime.is_global_zero else None)
+    elif runtime.is_global_zero:
+        rank_zero_info(
+            f"the eigenpairs ({size / 2**20:.0f} MiB) are not saved beside the signals: they "
+            f"exceed max_eigenpairs_mb={cap}; raise it (None: no cap) to keep them"
+        )
     return engine, hvp_examples
+
+
+def saved_engine(
+    runtime: Runtime, config: AnalysisConfig, loss_fn: LossFn | None, folder: Path
+) -> ArnoldiInfluence | None:
+    """The engine of the eigenpairs saved in event ``folder`` when they were fitted at these
+    weights with these arguments, else None."""
+    path = Path(folder) / EIGENPAIRS_FILE
+    if not path.is_file():
+        return None
+    engine = build_engine(runtime, config, loss_fn)
+    state, theirs = load_eigenpairs(path)
+    if theirs != weights_fingerprint(engine.parameters()):
+        return None
+    if not _same_fit(state.get("config", {}), engine.config.to_dict()):
+        return None
+    engine.load_state_dict(state)
+    return engine
+
+
+def _same_fit(theirs: dict[str, Any], ours: dict[str, Any]) -> bool:
+    # what the eigenpairs depend on: every engine argument but the display and execution ones
+    keys = field_names(ArnoldiConfig, "result")
+    return all(theirs.get(k) == ours.get(k) for k in keys)
 
 
 def check_loss_contract(
@@ -282,12 +326,7 @@ def run_analysis(
     # made under a caller's inference_mode would be inference tensors, unusable in training.
     with torch.inference_mode(False), preserved_rng_states(), runtime.rank_zero_buffers():
         engine, hvp_examples = _fitted_or_saved(
-            runtime,
-            config,
-            loss_fn,
-            parts,
-            None if streamed is None else streamed / "engine.pt",
-            resume,
+            runtime, config, loss_fn, parts, folder / EIGENPAIRS_FILE, weights, resume
         )
         timings["fit_seconds"] = time.perf_counter() - wall
         start = time.perf_counter()

@@ -7,6 +7,7 @@ the models are imported by class path from ``tests/cli/models.py``, as a user's 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -181,7 +182,10 @@ def test_explain_table_csv_and_picture(run, tmp_path, capsys):
         assert pro == sorted(pro, reverse=True) and con == sorted(con)
         assert pro[0] > 0 > con[0]
     assert picture.stat().st_size > 1000
-    assert "proponent" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "proponent" in printed.out
+    # the training run's event of this checkpoint saved its eigenpairs: no refit
+    assert "reusing the eigenpairs saved in" in printed.err
 
 
 # -- init arguments ------------------------------------------------------------------------------
@@ -227,6 +231,10 @@ def test_init_args_for_a_module_without_saved_hyperparameters(run, tmp_path):
           "--model.init_args.NAME"]),
         (["--ckpt", "{bare}", "--model", "tests.cli.models.NoHparams", "--data", "tests.cli.models.TinyData"],
          ["NoHparams() failed", "hidden", "--model.init_args.NAME VALUE"]),
+        # the DataModule's arguments are not in the checkpoint: its defaults may be other data
+        (["--ckpt", "{bare}", "--model", "tests.cli.models.NoHparams", "--model.hidden", "8",
+          "--data", "tests.cli.models.TinyData"],
+         ["does not record the init arguments of TinyData", "--data.init_args.NAME", "--data-defaults"]),
         (["--ckpt", "{ckpt}", *MODEL, "--model.init_args.width", "3"], ["unexpected keyword argument 'width'"]),
         (["--ckpt", "{ckpt}", *MODEL], ["TinyClassifier has no influence_loss", "--loss cross_entropy"]),
         (["--ckpt", "{ckpt}", *MODEL, "--loss", "cross_entropy", "--top-k", "50", "--n-iters", "10"],
@@ -260,6 +268,13 @@ def test_explain_errors(run, capsys, monkeypatch):
         "TinyData has no val_dataloader(): define it, or choose another split"
         in capsys.readouterr().err
     )
+    if importlib.util.find_spec("matplotlib") is not None:
+        flat = ["explain", "--ckpt", run["ckpt"], "--model", "tests.cli.models.TinyClassifier",
+                "--data", "tests.cli.models.TinyData", "--data.image", "false", "--loss",
+                "cross_entropy", *FLAGS, "--image", str(run["root"] / "x.png")]  # fmt: skip
+        assert cli(*flat) == 2  # refused before the fit, not after it
+        err = capsys.readouterr().err
+        assert "--image: the test split's inputs are not images" in err and "Arnoldi" not in err
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if matplotlib were not installed
     assert cli(*base, "--image", "x.png") == 2
     assert (

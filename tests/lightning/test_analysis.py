@@ -133,7 +133,7 @@ def test_cli_score_streams_shards_and_resumes_an_interrupted_run(trained, tmp_pa
     scores = folder / "scores"
     shards = sorted((scores / "rank-0-of-1").glob("shard-*.csv"))
     assert len(shards) == 5  # 40 examples, batches of 8
-    saved = scores / "engine.pt"
+    saved = folder / "eigenpairs.safetensors"
     fitted_at = saved.stat().st_mtime_ns
 
     # an interrupted run: the eigenpairs and two shards were written, then the process died

@@ -189,7 +189,7 @@ def test_ddp_scoring_killed_with_sigkill_resumes_to_the_uninterrupted_scores(tmp
     assert not (event / "manifest.json").exists()  # the event was never written
     kept = {path: path.stat() for paths in shards(event).values() for path in paths}
     assert 4 <= len(kept) < 2 * PER_RANK_SHARDS  # killed mid-way, both ranks some shards
-    eigenpairs = (event / "scores" / "engine.pt").stat()
+    eigenpairs = (event / "eigenpairs.safetensors").stat()
 
     finish(launch(script, out, 0.0))  # the same arguments, at full speed
     resumed = read_event(event)
@@ -199,5 +199,5 @@ def test_ddp_scoring_killed_with_sigkill_resumes_to_the_uninterrupted_scores(tmp
     for path, before in kept.items():
         after = path.stat()
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), path
-    after = (event / "scores" / "engine.pt").stat()
+    after = (event / "eigenpairs.safetensors").stat()
     assert (after.st_ino, after.st_mtime_ns) == (eigenpairs.st_ino, eigenpairs.st_mtime_ns)
