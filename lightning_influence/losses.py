@@ -2,8 +2,9 @@
 
 Influence needs one loss per example (``reduction="none"``), computed from the batch exactly as
 training computes it. ``cross_entropy_loss`` and ``mse_loss`` cover the usual ``(inputs,
-targets)`` batches; anything else is a three-line function, or an ``influence_loss(self, batch)``
-method on the model. ``resolve_loss`` is the one place that decides which of the two is used, and
+targets)`` batches, ``sequence_classification_loss`` and ``causal_lm_loss`` the dict batches of
+Hugging Face models (with LoRA adapters or not); anything else is a three-line function, or an
+``influence_loss(self, batch)`` method on the model. ``resolve_loss`` is the one place that decides which of the two is used, and
 ``check_losses`` the one check that a loss function keeps the contract.
 """
 
@@ -22,11 +23,14 @@ from lightning_influence.core.functional_loss import LossFn
 
 __all__ = [
     "LossFn",
+    "causal_lm_loss",
+    "check_contract",
     "check_losses",
     "cross_entropy_loss",
     "loss_name",
     "mse_loss",
     "resolve_loss",
+    "sequence_classification_loss",
 ]
 
 
@@ -82,6 +86,95 @@ def mse_loss(model: nn.Module, batch: Any) -> Tensor:
     outputs = model(inputs)
     losses = F.mse_loss(outputs, targets.to(outputs.dtype).reshape(outputs.shape), reduction="none")
     return losses.reshape(losses.shape[0], -1).mean(dim=1)
+
+
+def _model_inputs(batch: Any, what: str) -> dict[str, Any]:
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"{what} expects a dict batch (a tokenizer's output: input_ids, attention_mask, "
+            f"labels), got {type(batch).__name__}"
+        )
+    if "labels" not in batch:
+        raise ConfigurationError(
+            f"{what} needs the batch's 'labels'; the batch holds {', '.join(map(str, batch))}"
+        )
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _call(model: nn.Module, inputs: dict[str, Any], what: str) -> Tensor:
+    try:
+        outputs = model(**inputs)
+    except TypeError as err:
+        raise ConfigurationError(
+            f"{what}: the model's forward refused the batch's inputs {sorted(inputs)} ({err}): "
+            "give the batch the inputs the model needs (and no others), or write your own "
+            "loss_fn(model, batch)"
+        ) from err
+    logits = getattr(outputs, "logits", outputs)
+    if not isinstance(logits, Tensor):
+        raise ConfigurationError(
+            f"{what}: the model returned {type(outputs).__name__} without logits: write your own "
+            "loss_fn(model, batch)"
+        )
+    return logits
+
+
+def sequence_classification_loss(model: nn.Module, batch: Any) -> Tensor:
+    """Per-example cross-entropy of a sequence classifier on dict batches (a Hugging Face
+    model, ``AutoModelForSequenceClassification``-style, LoRA-wrapped or not).
+
+    ``loss[b] = -log softmax(model(**inputs).logits[b])[labels[b]]`` where ``inputs`` are the
+    batch's entries other than ``labels`` (``input_ids``, ``attention_mask``, ...).
+
+    Example:
+        >>> class Bag(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.emb = torch.nn.EmbeddingBag(10, 3, mode="sum")
+        ...     def forward(self, input_ids, attention_mask):
+        ...         return self.emb(input_ids, per_sample_weights=attention_mask.float())
+        >>> batch = {"input_ids": torch.randint(0, 10, (4, 5)), "attention_mask": torch.ones(4, 5),
+        ...          "labels": torch.tensor([0, 2, 1, 0])}
+        >>> sequence_classification_loss(Bag(), batch).shape
+        torch.Size([4])
+    """
+    what = "sequence_classification_loss"
+    logits = _call(model, _model_inputs(batch, what), what)
+    return F.cross_entropy(logits, batch["labels"], reduction="none")
+
+
+def causal_lm_loss(model: nn.Module, batch: Any, *, ignore_index: int = -100) -> Tensor:
+    """Per-sequence next-token loss of a causal language model on dict batches (a Hugging Face
+    ``AutoModelForCausalLM``-style model, LoRA-wrapped or not).
+
+    The logits at position t predict token t + 1; ``labels`` (the input ids, with
+    ``ignore_index`` = -100 at padding and at any position not to be learned, such as a prompt)
+    give the targets. An example's loss is the mean over its predicted positions:
+    ``loss[b] = sum_t l[b, t] / #{t : labels[b, t + 1] != -100}`` (0 when there is none).
+
+    Example:
+        >>> class Bigram(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.emb = torch.nn.Embedding(10, 10)
+        ...     def forward(self, input_ids, attention_mask=None):
+        ...         return self.emb(input_ids)
+        >>> ids = torch.randint(0, 10, (3, 6))
+        >>> labels = ids.clone(); labels[0, 4:] = -100  # padding
+        >>> causal_lm_loss(Bigram(), {"input_ids": ids, "labels": labels}).shape
+        torch.Size([3])
+    """
+    what = "causal_lm_loss"
+    logits = _call(model, _model_inputs(batch, what), what)[:, :-1]
+    labels = batch["labels"][:, 1:]
+    tokens = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="none",
+    ).reshape(labels.shape)
+    counted = (labels != ignore_index).to(tokens.dtype)
+    return (tokens * counted).sum(-1) / counted.sum(-1).clamp(min=1)
 
 
 def _module_influence_loss(model: nn.Module, batch: Any) -> Tensor:

@@ -43,6 +43,9 @@ def test_wheel_holds_the_package_and_declares_lean_dependencies(tmp_path):
         "tensorboard",
         "tqdm",
         "pyyaml",
+        "lightning-utilities",
+        "typing-extensions",
+        "safetensors",
     }
     extras = set(metadata.get_all("Provides-Extra"))
     assert {"demo", "bench", "plot", "pandas", "dev", "xla"} <= extras

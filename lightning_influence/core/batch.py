@@ -1,7 +1,10 @@
 """Helpers for arbitrary batch structures (tuples, dicts, nested pytrees of tensors).
 
 A batch is any pytree whose tensor leaves share a leading batch dimension; other leaves
-(strings, ints, tensors of another leading size) ride along unchanged.
+(strings, ints, tensors of another leading size) ride along unchanged. A mapping that is not a
+``dict`` (Hugging Face's ``BatchEncoding`` is a ``UserDict``) is registered as a pytree node the
+first time one is seen (``as_pytree``), so it keeps its type (and attribute access) inside the
+user's loss function.
 """
 
 from __future__ import annotations
@@ -14,6 +17,32 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 __all__: list[str] = []
+
+
+def as_pytree(batch: Any) -> Any:
+    """``batch``, with every non-``dict`` mapping type in it registered as a pytree node (keys
+    and values; rebuilt with ``type(m)(dict)``), so that torch's pytree and ``vmap`` see its
+    tensors. Returns the batch unchanged.
+
+    Example:
+        >>> from collections import UserDict
+        >>> batch_size(as_pytree(UserDict({"x": torch.zeros(3, 2)})))
+        3
+    """
+    if isinstance(batch, Mapping):
+        kind = type(batch)
+        if kind is not dict and kind not in pytree.SUPPORTED_NODES:
+            pytree.register_pytree_node(
+                kind,
+                lambda m: (list(m.values()), list(m.keys())),
+                lambda values, keys, kind=kind: kind(dict(zip(keys, values, strict=True))),
+            )
+        for value in batch.values():
+            as_pytree(value)
+    elif isinstance(batch, (list, tuple)):
+        for value in batch:
+            as_pytree(value)
+    return batch
 
 
 def batch_size(batch: Any) -> int:

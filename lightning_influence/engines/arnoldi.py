@@ -143,6 +143,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             sample = self.load_sample(
                 f, params, loader, "HVP sample", keep=cfg.cache_batches, reduce_fn=reduce_fn
             )
+            self.check_parameters_used(f, params, sample.first)
             batches = sample.batches if cfg.cache_batches else _Reiterable(self, loader)
             model_dtype = next(iter(self.model.parameters())).dtype
             operator = make_curvature(

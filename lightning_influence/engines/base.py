@@ -149,6 +149,7 @@ class EngineBase:
             )
 
     def _prepare(self, batch: Any, device: torch.device) -> Any:
+        batch = _batch.as_pytree(batch)
         if self.transfer_batch is not None:
             batch = self.transfer_batch(batch)
         else:
@@ -196,6 +197,31 @@ class EngineBase:
         if reduce_fn is not None:
             count = int(reduce_fn(torch.tensor([float(count)], device=self.device)).item())
         return Sample(kept, count, first)
+
+    def check_parameters_used(
+        self, f: FunctionalLoss, params: dict[str, Tensor], batch: Any
+    ) -> None:
+        """Raise when no selected parameter reaches the loss, warn for those that do not: their
+        influence would be zero, silently (a LoRA adapter merged into the base weights with
+        ``merge_adapter()`` is still a parameter, unused by the forward)."""
+        leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        with torch.enable_grad():
+            total = f(leaves, batch).sum()
+            grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+        unused = [n for n, g in zip(leaves, grads, strict=True) if g is None]
+        if len(unused) == len(leaves):
+            raise ConfigurationError(
+                f"none of the {len(leaves)} selected parameters reaches the loss (e.g. "
+                f"{', '.join(unused[:3])}): their influence would be zero. A LoRA adapter merged "
+                "into the base weights (merge_adapter()) is no longer used: unmerge it "
+                "(unmerge_adapter()) or select the parameters the forward uses with params=[...]"
+            )
+        if unused:
+            self._warn(
+                f"{len(unused)} selected parameters do not reach the loss ({', '.join(unused[:5])}"
+                f"{', ...' if len(unused) > 5 else ''}): their part of the influence is zero; "
+                "leave them out with params=[...]"
+            )
 
     def influence(self, train_loader: Iterable[Any], test_loader: Iterable[Any]) -> Tensor:
         """``[N_test, N_train]`` influence of every training example on every test example."""

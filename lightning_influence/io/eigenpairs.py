@@ -37,6 +37,7 @@ def save_eigenpairs(
 
     Example:
         >>> import tempfile
+        >>> import torch
         >>> from lightning_influence import ArnoldiInfluence
         >>> model = torch.nn.Linear(3, 2)
         >>> data = [(torch.randn(6, 3), torch.randint(0, 2, (6,)))]

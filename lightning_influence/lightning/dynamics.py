@@ -108,7 +108,7 @@ class TrainingDynamics:
         captured, self._captured = self._captured, []
         if self.route == "off" or self.epoch_sums is None or self._sampler is None:
             return
-        size = _batch.batch_size(batch)
+        size = _batch.batch_size(_batch.as_pytree(batch))
         if self._indices is None:
             self._indices = self._sampler.last_indices
         if self._indices is None:

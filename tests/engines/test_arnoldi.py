@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
-from lightning_influence import ArnoldiInfluence
+from lightning_influence import ArnoldiInfluence, ConfigurationError
 from lightning_influence.core.scores import inverse_eigenvalues
 from tests.conftest import Dense, cross_entropy, make_data, make_mlp
 
@@ -313,14 +313,19 @@ def test_bad_input_errors():
         return cross_entropy(m, b).mean()
 
     with pytest.raises(
-        ValueError, match=r"shape \(\) for a batch of 10 examples.*reduction='none'"
+        ValueError,
+        match=r"shape \(\) for batch 0 of the HVP sample loader of 10 examples.*reduction='none'",
     ):
         ArnoldiInfluence(model, scalar_loss, n_iters=3, top_k=2, progress=False).fit(batches)
-    with pytest.raises(ValueError, match=r"shape \(9,\) for a batch of 10"):
+    with pytest.raises(
+        ValueError, match=r"shape \(9,\) for batch 0 of the HVP sample loader of 10"
+    ):
         ArnoldiInfluence(
             model, lambda m, b: cross_entropy(m, b)[1:], n_iters=3, top_k=2, progress=False
         ).fit(batches)
-    with pytest.raises(TypeError, match="must return a Tensor"):
+    with pytest.raises(
+        ConfigurationError, match="returned float for batch 0 .*must return a Tensor"
+    ):
         ArnoldiInfluence(model, lambda m, b: 1.0, n_iters=3, top_k=2, progress=False).fit(batches)
     with pytest.raises(ValueError, match="yielded no batches"):
         ArnoldiInfluence(model, cross_entropy, n_iters=3, top_k=2, progress=False).fit([])

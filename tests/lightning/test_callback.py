@@ -214,6 +214,7 @@ def test_every_n_epochs_and_train_end(tmp_path):
     for folder in root.iterdir():
         assert (folder / "manifest.json").is_file()
         assert sorted(p.name for p in folder.iterdir()) == [
+            "eigenpairs.safetensors",
             "eigenvalues.csv",
             "manifest.json",
             "signals.csv",
