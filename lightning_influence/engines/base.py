@@ -80,6 +80,20 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def call_loss(f: FunctionalLoss, params: dict[str, Tensor], batch: Any, where: str) -> Any:
+    """``f(params, batch)``, with a ``TypeError`` (the model's forward refusing or missing an
+    input) turned into a ``ConfigurationError`` that names the batch and the fix."""
+    try:
+        return f(params, batch)
+    except TypeError as err:
+        raise ConfigurationError(
+            f"loss_fn raised TypeError on {where}: {err}. The loss function must pass the "
+            "model every input its forward needs (e.g. model(input_ids, attention_mask=...)); "
+            "for a dict batch of a Hugging Face model use "
+            "lightning_influence.losses.sequence_classification_loss or causal_lm_loss"
+        ) from err
+
+
 class EngineBase:
     """Plumbing shared by every engine: parameters, the functional loss, batches, checks."""
 
@@ -184,7 +198,7 @@ class EngineBase:
             size = _batch.batch_size(batch)
             with torch.no_grad():
                 check_losses(
-                    f(params, batch),
+                    call_loss(f, params, batch, f"batch {i} of the {what} loader"),
                     size,
                     f"batch {i} of the {what} loader",
                     indices=dataset_indices(loader, i, size),
@@ -204,6 +218,18 @@ class EngineBase:
         """Raise when no selected parameter reaches the loss, warn for those that do not: their
         influence would be zero, silently (a LoRA adapter merged into the base weights with
         ``merge_adapter()`` is still a parameter, unused by the forward)."""
+        merged = sorted(
+            name
+            for name, module in self.model.named_modules()
+            if getattr(module, "merged_adapters", None)  # peft's BaseTunerLayer after a merge
+        )
+        if merged:
+            raise ConfigurationError(
+                f"the LoRA adapters of {len(merged)} layers ({', '.join(merged[:3])}) are merged "
+                "into the base weights (merge_adapter()): the adapter parameters no longer reach "
+                "the loss and their influence would be zero. Analyse before merging, or call "
+                "unmerge_adapter() first"
+            )
         leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
         with torch.enable_grad():
             total = f(leaves, batch).sum()
