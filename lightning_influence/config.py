@@ -450,6 +450,13 @@ class AnalysisConfig(ArnoldiConfig):
             "use a seeded random subset of this many validation examples; None: all of them."
         ),
     )
+    warm_start: bool = field(
+        default=True,
+        metadata=_help(
+            "start each fit of a run from the previous analysis' eigenvectors (same "
+            "parameters): the wanted pairs converge in fewer products."
+        ),
+    )
     dynamics: bool = field(
         default=True,
         metadata=_help(

@@ -56,6 +56,18 @@ def _orthogonalize(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return w - basis.T @ c2, c + c2
 
 
+def _converged(proj: Tensor, size: int, top_k: int, tol: float) -> bool:
+    """Whether the top ``top_k`` Ritz pairs of the first ``size`` basis vectors all have
+    ``residual <= tol * |theta|`` (an ``eigh`` of the small projected matrix: no product)."""
+    if size < top_k + 1:
+        return False
+    square = proj[:size, :size]
+    theta, u = torch.linalg.eigh((square + square.T) / 2)
+    wanted = torch.sort(theta.abs(), descending=True, stable=True).indices[:top_k]
+    residuals = (proj[size, size - 1] * u[size - 1, wanted]).abs()
+    return bool((residuals <= tol * theta[wanted].abs()).all())
+
+
 def thick_restart_lanczos(
     matvec: Callable[[Tensor], Tensor],
     start: Tensor,
@@ -141,8 +153,8 @@ def thick_restart_lanczos(
                 break
             proj[j + 1, j] = beta
             basis[j + 1] = w / beta
-            if products >= budget:
-                size = j + 1
+            if products >= budget or (j + 1 < m and _converged(proj, j + 1, top_k, tol)):
+                size = j + 1  # spent, or every wanted pair converged before the basis filled
                 break
         square = proj[:size, :size]
         theta, u = torch.linalg.eigh((square + square.T) / 2)

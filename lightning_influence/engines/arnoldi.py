@@ -121,7 +121,13 @@ class ArnoldiInfluence(ProjectedInfluence):
             return torch.device(self.config.basis_device)
         return self.device
 
-    def fit(self, loader: Iterable[Any], *, reduce_fn: ReduceFn | None = None) -> ArnoldiInfluence:
+    def fit(
+        self,
+        loader: Iterable[Any],
+        *,
+        reduce_fn: ReduceFn | None = None,
+        warm: Tensor | None = None,
+    ) -> ArnoldiInfluence:
         """Run Arnoldi on the Hessian of the mean loss over ``loader`` and keep the top eigenpairs.
 
         Args:
@@ -129,6 +135,11 @@ class ArnoldiInfluence(ProjectedInfluence):
                 then, unless ``cache_batches`` is off, held on the device for every iteration.
             reduce_fn: for data-parallel runs, a sum across processes (each process passes its own
                 share of the sample); it receives one flat vector per HVP.
+            warm: eigenvectors ``[k, P]`` (or their sum ``[P]``) of an earlier fit of the same
+                parameters, e.g. the previous analysis of a run: the solver starts from them
+                (``core.solvers.warm_start``) and the wanted pairs converge in fewer products
+                (a residual-controlled solver stops sooner). Of another size: refused with a
+                warning, cold fit (``fit_stats["warm_start"]`` says which).
 
         Returns:
             self.
@@ -176,6 +187,16 @@ class ArnoldiInfluence(ProjectedInfluence):
                 disable=not cfg.progress,
                 leave=False,
             )
+            warm_note = "cold"
+            if warm is not None and warm.shape[-1] != self.space.dim:
+                warm_note = (
+                    f"refused: warm vectors of size {warm.shape[-1]} for "
+                    f"{self.space.dim} parameters (another parameter selection or model)"
+                )
+                self._warn(f"warm start {warm_note}; fitting from a cold start")
+                warm = None
+            elif warm is not None:
+                warm_note = "warm"
             request = SolveRequest(
                 top_k=cfg.top_k,
                 n_iters=cfg.n_iters,
@@ -186,6 +207,7 @@ class ArnoldiInfluence(ProjectedInfluence):
                 basis_file=cfg.basis_file,
                 on_product=bar.update,
                 graph_cut=graph_cut(device),
+                warm=warm,
             )
             try:
                 out = solve(solver, operator, start, request)
@@ -226,6 +248,7 @@ class ArnoldiInfluence(ProjectedInfluence):
         fit_seconds = time.perf_counter() - wall
         self.fit_stats = {
             "solver": solver,
+            "warm_start": warm_note,
             "iterations": iterations,
             "breakdown": breakdown,
             **out.stats,

@@ -38,7 +38,7 @@ from lightning_influence.config import (
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.context import analysis_context
 from lightning_influence.engines.arnoldi import ArnoldiInfluence
-from lightning_influence.engines.base import ValidationProjection
+from lightning_influence.engines.base import ValidationProjection, call_loss
 from lightning_influence.io.atomic import atomic_write
 from lightning_influence.io.eigenpairs import (
     EIGENPAIRS_FILE,
@@ -62,6 +62,7 @@ from lightning_influence.losses import LossFn, check_contract, resolve_loss
 
 __all__ = [
     "Trigger",
+    "WarmStart",
     "build_engine",
     "fit_engine",
     "hvp_indices",
@@ -103,8 +104,46 @@ def build_engine(
     )
 
 
+class WarmStart:
+    """The previous analysis' eigenvectors, kept (summed: one ``[P]`` vector) between the
+    analyses of a run so that the next fit starts from them (``ArnoldiInfluence.fit(warm=)``).
+
+    Offered only to a fit of the same parameters (names and shapes); another selection is
+    refused, logged, and fitted cold.
+    """
+
+    def __init__(self) -> None:
+        self.layout: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+        self.vector: Tensor | None = None
+
+    @staticmethod
+    def _layout(engine: ArnoldiInfluence) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        return tuple((n, tuple(p.shape)) for n, p in engine.parameters().items())
+
+    def offer(self, engine: ArnoldiInfluence) -> Tensor | None:
+        """The warm vector for ``engine``'s fit, or None (none yet, or another layout)."""
+        if self.vector is None:
+            return None
+        if self._layout(engine) != self.layout:
+            rank_zero_info(
+                "warm start refused: the previous analysis had another parameter selection or "
+                "shapes; this analysis fits from a cold start"
+            )
+            return None
+        return self.vector
+
+    def keep(self, engine: ArnoldiInfluence) -> None:
+        """Remember ``engine``'s eigenvectors for the next fit."""
+        self.layout = self._layout(engine)
+        self.vector = engine.eigenvectors.sum(0).detach().clone()
+
+
 def fit_engine(
-    runtime: Runtime, config: AnalysisConfig, loss_fn: LossFn | None, parts: LoaderParts
+    runtime: Runtime,
+    config: AnalysisConfig,
+    loss_fn: LossFn | None,
+    parts: LoaderParts,
+    warm: WarmStart | None = None,
 ) -> tuple[ArnoldiInfluence, int]:
     """Fit ``ArnoldiInfluence`` on this rank's share of the HVP sample; the engine and the sample's
     global size. Call it on every rank, under ``torch.inference_mode(False)``."""
@@ -123,7 +162,13 @@ def fit_engine(
     if runtime.world_size > 1:
         # Fail together: a rank stopping before the first collective would hang the others.
         runtime.agree(lambda: engine.check_losses(share, "HVP sample"))
-    engine.fit(share, reduce_fn=runtime.reduce_sum)
+    engine.fit(
+        share,
+        reduce_fn=runtime.reduce_sum,
+        warm=None if warm is None or not config.warm_start else warm.offer(engine),
+    )
+    if warm is not None:
+        warm.keep(engine)
     return engine, len(indices)
 
 
@@ -135,6 +180,7 @@ def _fitted_or_saved(
     saved: Path,
     weights: str,
     resume: bool,
+    warm: WarmStart | None = None,
 ) -> tuple[ArnoldiInfluence, int]:
     """The fitted engine: read from ``saved`` (``eigenpairs.safetensors`` of an interrupted
     analysis of these weights and arguments) when resuming, else fitted now and saved there by
@@ -145,7 +191,7 @@ def _fitted_or_saved(
         if theirs == weights and _same_fit(state.get("config", {}), engine.config.to_dict()):
             engine.load_state_dict(state)
             return engine, int(state.get("fit_stats", {}).get("num_examples", 0))
-    engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts)
+    engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts, warm)
     state = engine.state_dict()
     cap = config.max_eigenpairs_mb
     size = eigenpairs_bytes(state)
@@ -201,7 +247,9 @@ def check_loss_contract(
     engine = build_engine(runtime, config, loss_fn)
     with preserved_rng_states(), analysis_context(runtime.module), torch.no_grad():
         batch = next(engine.batches(ordered_loader(parts, list(range(size))), "training"))
-        losses = engine.functional_loss()(engine.parameters(), batch)
+        losses = call_loss(
+            engine.functional_loss(), engine.parameters(), batch, "the first training batch"
+        )
         check_contract(losses, _batch.batch_size(batch), "the first training batch")
 
 
@@ -269,6 +317,7 @@ def run_analysis(
     extra_signals: dict[str, Tensor] | None = None,
     epoch_seconds: float | None = None,
     view: Callable[[ScoringEvent], tuple[tuple[str, Tensor] | None, Tensor | None]] | None = None,
+    warm: WarmStart | None = None,
 ) -> ScoringEvent:
     """Analyse the training set of ``loader`` at the runtime's current weights; call it on every rank.
 
@@ -294,6 +343,8 @@ def run_analysis(
         view: ``event -> (ranking, keep)`` for the loggers: which signal orders the examples
             they show (None: the self-influence) and the pruning plan's keep-mask (dropped
             examples are marked, the grid shows the top of the kept set).
+        warm: the run's ``WarmStart``: the fit starts from the previous analysis' eigenvectors
+            (with ``config.warm_start``) and leaves its own there for the next.
 
     Returns:
         The event, written and logged (on global zero) and identical on every rank.
@@ -326,7 +377,7 @@ def run_analysis(
     # made under a caller's inference_mode would be inference tensors, unusable in training.
     with torch.inference_mode(False), preserved_rng_states(), runtime.rank_zero_buffers():
         engine, hvp_examples = _fitted_or_saved(
-            runtime, config, loss_fn, parts, folder / EIGENPAIRS_FILE, weights, resume
+            runtime, config, loss_fn, parts, folder / EIGENPAIRS_FILE, weights, resume, warm
         )
         timings["fit_seconds"] = time.perf_counter() - wall
         start = time.perf_counter()

@@ -37,7 +37,12 @@ from lightning_influence.core.parameters import select_parameters
 from lightning_influence.io.events import EventRef, ScoringEvent
 from lightning_influence.io.manifest import analysis_arguments, analysis_name
 from lightning_influence.lightning import compat
-from lightning_influence.lightning.analysis import Trigger, check_loss_contract, run_analysis
+from lightning_influence.lightning.analysis import (
+    Trigger,
+    WarmStart,
+    check_loss_contract,
+    run_analysis,
+)
 from lightning_influence.lightning.dynamics import TrainingDynamics
 from lightning_influence.lightning.namespaces import MisconfigurationException, bases
 from lightning_influence.lightning.runtime import Runtime
@@ -156,6 +161,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         self._last_trained: tuple[int, int] | None = None
         self._resolved_loss: LossFn | None = None
         self._dynamics: TrainingDynamics | None = None
+        self._warm = WarmStart()  # the previous analysis' eigenvectors, for the next fit
         self._epoch_started: float | None = None
         self._epoch_seconds: float | None = None
         self._datamodule: Any = None  # the InfluenceDataModule this callback feeds, if any
@@ -494,6 +500,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 extra_signals=extra,
                 epoch_seconds=self._epoch_seconds,
                 view=self._view,
+                warm=self._warm,
             )
         except (MisconfigurationException, ConfigurationError):
             raise

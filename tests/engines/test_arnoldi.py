@@ -324,7 +324,7 @@ def test_bad_input_errors():
             model, lambda m, b: cross_entropy(m, b)[1:], n_iters=3, top_k=2, progress=False
         ).fit(batches)
     with pytest.raises(
-        ConfigurationError, match="returned float for batch 0 .*must return a Tensor"
+        ConfigurationError, match=r"returned float for batch 0 .*must return a Tensor"
     ):
         ArnoldiInfluence(model, lambda m, b: 1.0, n_iters=3, top_k=2, progress=False).fit(batches)
     with pytest.raises(ValueError, match="yielded no batches"):
@@ -418,3 +418,24 @@ def test_a_frozen_model_is_analysed_when_its_parameters_are_named():
     torch.testing.assert_close(
         engine.self_influence(batches), expected.self_influence(batches), rtol=1e-8, atol=1e-12
     )
+
+
+def test_a_warm_start_converges_in_fewer_products_and_refuses_another_size():
+    model = make_mlp()
+    _, _, batches = make_data()
+    kwargs = {
+        "solver": "lanczos",
+        "restart_tol": 1e-6,
+        "n_iters": 10,
+        "top_k": 4,
+        "progress": False,
+    }
+    cold = ArnoldiInfluence(model, cross_entropy, **kwargs).fit(batches)
+    warm = ArnoldiInfluence(model, cross_entropy, **kwargs).fit(batches, warm=cold.eigenvectors)
+    assert cold.fit_stats["warm_start"] == "cold" and warm.fit_stats["warm_start"] == "warm"
+    assert warm.fit_stats["iterations"] < cold.fit_stats["iterations"]
+    torch.testing.assert_close(warm.eigenvalues, cold.eigenvalues, rtol=1e-6, atol=0)
+    with pytest.warns(RuntimeWarning, match=r"warm start refused: warm vectors of size 3"):
+        other = ArnoldiInfluence(model, cross_entropy, **kwargs).fit(batches, warm=torch.ones(3))
+    assert other.fit_stats["warm_start"].startswith("refused")
+    torch.testing.assert_close(other.eigenvalues, cold.eigenvalues, rtol=0, atol=0)

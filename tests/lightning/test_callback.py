@@ -731,3 +731,23 @@ def test_event_files_get_the_mode_of_the_umask(tmp_path):
     folder = Path(callback.latest_event.directory)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
     assert modes == dict.fromkeys(modes, 0o644) and "signals.csv" in modes
+
+
+def test_later_analyses_start_from_the_previous_eigenvectors(tmp_path):
+    kwargs = {**FAST, "solver": "lanczos", "restart_tol": 1e-3, "n_iters": 8, "top_k": 3}
+    callback = InfluenceCallback(cross_entropy_loss, every_n_epochs=1, at_train_end=False, **kwargs)
+    fit(tmp_path, callback, max_epochs=3)
+    stats = [e.manifest["fit_stats"] for e in callback.events]
+    assert [s["warm_start"] for s in stats] == ["cold", "warm", "warm"]
+    cold = InfluenceCallback(
+        cross_entropy_loss, every_n_epochs=1, at_train_end=False, warm_start=False, **kwargs
+    )
+    fit(tmp_path / "cold", cold, max_epochs=3)
+    cold_stats = [e.manifest["fit_stats"] for e in cold.events]
+    assert [s["warm_start"] for s in cold_stats] == ["cold"] * 3
+    # the same weights (training does not depend on the analysis), so the same eigenvalues
+    for warm_event, cold_event in zip(callback.events, cold.events, strict=True):
+        torch.testing.assert_close(
+            warm_event.eigenvalues, cold_event.eigenvalues, rtol=1e-2, atol=0
+        )
+    assert sum(s["iterations"] for s in stats[1:]) <= sum(s["iterations"] for s in cold_stats[1:])
