@@ -125,26 +125,59 @@ def test_diagnose_ap_quick(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_pruning_quick(tmp_path):
-    _load("pruning").main(["--quick", "--out", str(tmp_path)])
+    module = _load("pruning")
+    module.main(["--quick", "--out", str(tmp_path)])
     payload = _read(tmp_path, "pruning_quick")
-    arms = {row["arm"] for row in payload["per_seed"]}
-    assert arms == {
-        "clean",
-        "noisy",
-        "IF latest",
-        "IF normalized_sum",
-        "IF mean",
+    (run,) = payload["runs"]
+    assert (run["dataset"], run["setting"], run["seed"], run["protocol"]) == (
+        "digits",
+        "pairs20",
+        0,
+        "drop",
+    )
+    assert run["flipped"] == round(0.2 * run["n_train"])
+    # one analysis gave every product signal, and its cost in epochs
+    event = run["event"]
+    assert {
         "loss",
-        "loss mean",
-        "TracIn",
-    }
-    for row in payload["per_seed"]:
-        if row["arm"] not in ("clean", "noisy"):
-            assert 0 <= row["precision"] <= 1 and 0 <= row["precision_first"] <= 1
-        assert 0 <= row["accuracy"] <= 1
-    for run in payload["runs"]:
-        for event in run.get("events", []):
-            assert event["max_rel_residual"] >= 0
+        "self_influence",
+        "validation_influence",
+        "validation_influence_min",
+        "loss_mean",
+        "aum",
+    } <= set(event["signals"])
+    assert event["validation_examples"] == run["n_val"] > 0
+    assert event["cost_epochs"] > 0 and event["timings"]["total_seconds"] > 0
+    # detection: every arm has an AP and an AUC in [0, 1]; the oracle-free arms are scored
+    assert set(run["detection"]) == set(module.SIGNAL_ARMS)
+    for arm, d in run["detection"].items():
+        assert 0 <= d["ap"] <= 1 and 0 <= d["auc"] <= 1, arm
+        assert d["cost_epochs"] >= 0
+    assert run["detection"]["loss"]["cost_epochs"] == 0 == run["detection"]["aum"]["cost_epochs"]
+    assert run["detection"]["cleanlab"]["cost_epochs"] == pytest.approx(5 * 2 * 0.8)
+    assert run["detection"]["auto (product default)"]["signals"] == ["loss", "validation_influence"]
+    # the pruned runs: the baselines plus the quick arms, each with a clean test accuracy
+    arms = run["arms"]
+    assert set(arms) == {"clean", "noisy", "oracle", "loss", "auto (product default)"}
+    for arm, a in arms.items():
+        assert 0 <= a["accuracy"] <= 1, arm
+    assert arms["oracle"]["precision"] == 1.0 and arms["oracle"]["recall"] == 1.0
+    for arm in ("loss", "auto (product default)"):
+        assert 0 <= arms[arm]["precision"] <= 1
+        assert arms[arm]["dropped"] == int(0.2 * run["n_train"]), arm
+        # resumed at epoch E=2 with the full set, then 2 epochs on the kept set (batch 32)
+        kept = run["n_train"] - arms[arm]["dropped"]
+        full, short = -(-run["n_train"] // 32), -(-kept // 32)
+        assert arms[arm]["global_step"] == 2 * full + 2 * short, arm
+    assert arms["noisy"]["global_step"] == 4 * full == arms["clean"]["global_step"]
+    # the summary tables and the verdict
+    drop = payload["summary"]["drop"]
+    assert drop["columns"] == ["digits/pairs20"]
+    for arm, cells in drop["detection"].items():
+        assert 0 <= cells["digits/pairs20"]["ap"]["mean"] <= 1, arm
+    assert set(drop["verdict"]) == set(module.SIGNAL_ARMS) - {"loss", "aum", "cleanlab"}
+    md = (tmp_path / "pruning_quick.md").read_text()
+    assert "Command: `" in md and "### Detection AP" in md and "auto (product default)" in md
     # the trainers' folders went to a temporary folder inside --out, removed at the end
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pruning_quick.json", "pruning_quick.md"]
 

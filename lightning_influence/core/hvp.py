@@ -16,6 +16,7 @@ long as the operator does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp
 
+from lightning_influence.core import batch as _batch
 from lightning_influence.core.curvature import (
     CurvatureInputs,
     DatasetOperator,
@@ -69,6 +71,32 @@ def resolve_hvp_mode(mode: HVPMode, device: torch.device) -> Literal["fwd-rev", 
     if mode not in ("fwd-rev", "rev-rev"):
         raise ValueError(f"hvp_mode={mode!r} is not one of 'auto', 'fwd-rev', 'rev-rev'")
     return mode
+
+
+def memory_in_use(device: torch.device) -> int:
+    """Bytes in use: the CUDA allocator's on a CUDA device, else the process' resident set (0
+    where neither can be read)."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_available(device: torch.device) -> int | None:
+    """Free bytes: the CUDA device's, else the host's ``MemAvailable``; None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 class DatasetHessian(DatasetOperator):
@@ -128,6 +156,20 @@ class DatasetHessian(DatasetOperator):
     def clear_cache(self) -> None:
         """Drop the cached pullbacks (``cache=True``): their graphs' memory is freed."""
         self._pullbacks.clear()
+
+    def cache_estimate(self, device: torch.device) -> int:
+        """Bytes the cache would hold for the whole sample: batch 0's pullback is built (and kept)
+        and the memory it took (the device allocator's on CUDA, the resident set on CPU) scaled
+        by the sample's examples over the batch's. 0 when it cannot be measured."""
+        batches = self.batches
+        if not self.cache or not batches:
+            return 0
+        before = memory_in_use(device)
+        self.pullback(0, batches[0])
+        grown = max(memory_in_use(device) - before, 0)
+        first = _batch.batch_size(batches[0])
+        total = sum(_batch.batch_size(b) for b in batches)
+        return int(grown * total / max(first, 1))
 
     def pullback(self, i: int, batch: Any) -> Callable[[dict[str, Tensor]], Any]:
         """Batch ``i``'s pullback of ``grad`` at ``params`` (kept under ``cache=True``):

@@ -15,7 +15,7 @@ from lightning_influence.core.arnoldi import NonFiniteError
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.curvature import CurvatureInputs, ReduceFn, make_curvature
 from lightning_influence.core.functional_loss import LossFn
-from lightning_influence.core.hvp import resolve_hvp_mode
+from lightning_influence.core.hvp import memory_available, resolve_hvp_mode
 from lightning_influence.core.parameters import ParamSelector
 from lightning_influence.core.solvers import SolveRequest, residual_controlled, solve
 from lightning_influence.core.xla import graph_cut
@@ -121,6 +121,29 @@ class ArnoldiInfluence(ProjectedInfluence):
             return torch.device(self.config.basis_device)
         return self.device
 
+    def _settle_cache(self, operator: Any, device: torch.device) -> str:
+        """Keep the product cache under ``hvp_cache='auto'`` only when its estimated memory fits in
+        half of what is free; say what was decided (``fit_stats["hvp_cache"]``)."""
+        if not getattr(operator, "cache", False):
+            return "off"
+        estimator = getattr(operator, "cache_estimate", None)
+        if self.config.hvp_cache == "on" or estimator is None:
+            return "on"
+        estimate = estimator(device)
+        free = memory_available(device)
+        mib = estimate / 2**20
+        if free is not None and estimate >= free / 2:
+            operator.cache = False
+            operator.clear_cache()
+            self._warn(
+                f"hvp_cache='auto': the HVP sample's cached graphs would take about {mib:.0f} MiB, "
+                f"more than half of the {free / 2**20:.0f} MiB free, so every product recomputes "
+                "its graph (about 2x the time); lower hvp_samples, or pass hvp_cache='on' to "
+                "cache regardless"
+            )
+            return f"off: estimated {mib:.0f} MiB, {free / 2**20:.0f} MiB free"
+        return f"on: estimated {mib:.0f} MiB"
+
     def fit(
         self,
         loader: Iterable[Any],
@@ -147,6 +170,8 @@ class ArnoldiInfluence(ProjectedInfluence):
         cfg = self.config
         wall = time.perf_counter()
         solver = cfg.resolved_solver
+        if cfg.solver == "auto" and self.device.type == "xla":
+            solver = "arnoldi"  # thick restart reshapes its basis on the host: XLA recompiles
         with analysis_context(self.model):
             f, params = self.functional_loss(), self.parameters()
             device = self.device
@@ -170,9 +195,10 @@ class ArnoldiInfluence(ProjectedInfluence):
                     model=self.model,
                     loss_fn=self.loss_fn,
                     compute_dtype=None if self.compute_dtype == model_dtype else self.compute_dtype,
-                    cache=cfg.hvp_cache,
+                    cache=cfg.cache_wanted and device.type != "xla",
                 ),
             )
+            cache_note = self._settle_cache(operator, device)
 
             generator = torch.Generator().manual_seed(cfg.seed)
             start = torch.randn(self.space.dim, generator=generator, dtype=torch.float64)
@@ -188,7 +214,12 @@ class ArnoldiInfluence(ProjectedInfluence):
                 leave=False,
             )
             warm_note = "cold"
-            if warm is not None and warm.shape[-1] != self.space.dim:
+            if warm is not None and not residual_controlled(solver):
+                # A fixed number of products from a start inside a nearly invariant subspace
+                # spends the later ones on rounding noise: only a solver that checks its
+                # residuals (and stops) gains from a warm start.
+                warm_note, warm = f"cold: {solver} runs a fixed number of products", None
+            elif warm is not None and warm.shape[-1] != self.space.dim:
                 warm_note = (
                     f"refused: warm vectors of size {warm.shape[-1]} for "
                     f"{self.space.dim} parameters (another parameter selection or model)"
@@ -253,7 +284,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             "breakdown": breakdown,
             **out.stats,
             "hvp_mode": mode,
-            "hvp_cache": cfg.hvp_cache,
+            "hvp_cache": cache_note,
             "curvature": cfg.curvature,
             "num_examples": sample.count,
             "num_params": self.space.dim,

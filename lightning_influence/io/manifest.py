@@ -67,10 +67,10 @@ def analysis_name(arguments: dict[str, Any]) -> str:
     existing analysis' folder, and the fields that say how or when an analysis runs never do.
 
     Example:
-        >>> analysis_name({"n_iters": 200, "top_k": 100}) == analysis_name({})
+        >>> analysis_name({"n_iters": 45, "top_k": 30}) == analysis_name({})
         True
-        >>> analysis_name({"top_k": 30})
-        'arnoldi-71427bbd'
+        >>> analysis_name({"top_k": 10})
+        'arnoldi-55afa3e7'
     """
     defaults = _defaults()
     ours = result_arguments(arguments)

@@ -137,6 +137,21 @@ class WarmStart:
         self.layout = self._layout(engine)
         self.vector = engine.eigenvectors.sum(0).detach().clone()
 
+    def restore(self, folder: str | Path | None) -> None:
+        """Take the eigenvectors saved in event ``folder`` (``eigenpairs.safetensors``) when none
+        are held: a resumed run continues warm, as the uninterrupted one did."""
+        if self.vector is not None or folder is None:
+            return
+        path = Path(folder) / EIGENPAIRS_FILE
+        if not path.is_file():
+            return
+        state, _ = load_eigenpairs(path)
+        names, shapes = state.get("param_names"), state.get("param_shapes")
+        if names is None or shapes is None:
+            return
+        self.layout = tuple((n, tuple(s)) for n, s in zip(names, shapes, strict=True))
+        self.vector = state["directions"].sum(0)
+
 
 def fit_engine(
     runtime: Runtime,

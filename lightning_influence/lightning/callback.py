@@ -430,6 +430,8 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
             else:  # versions 1 and 2: the whole event (version 1 without a uid)
                 events.append(ScoringEvent.from_state_dict(dict(entry)))
         self.events = events
+        if events:  # the next fit starts warm, as the uninterrupted run's would
+            self._warm.restore(events[-1].directory)
         last = state_dict.get("last_trained")
         self._last_trained = None if last is None else (int(last[0]), int(last[1]))
         self._epoch_seconds = state_dict.get("epoch_seconds")

@@ -105,20 +105,23 @@ def test_engine_hvp_cache_gives_the_same_eigenpairs():
     model = make_mlp()
     _, _, batches = make_data(n=40)
     cfg = {"n_iters": 12, "top_k": 5, "progress": False}
-    plain = ArnoldiInfluence(model, cross_entropy, **cfg).fit(batches)
+    plain = ArnoldiInfluence(model, cross_entropy, hvp_cache=False, **cfg).fit(batches)
     cached = ArnoldiInfluence(model, cross_entropy, hvp_cache=True, **cfg).fit(batches)
     torch.testing.assert_close(cached.eigenvalues, plain.eigenvalues, rtol=1e-8, atol=1e-12)
     torch.testing.assert_close(
         cached.self_influence(batches), plain.self_influence(batches), rtol=1e-6, atol=1e-10
     )
-    assert cached.fit_stats["hvp_cache"] and not plain.fit_stats["hvp_cache"]
+    assert cached.fit_stats["hvp_cache"] == "on" and plain.fit_stats["hvp_cache"] == "off"
+    auto = ArnoldiInfluence(model, cross_entropy, **cfg).fit(batches)  # the default: 'auto'
+    assert auto.fit_stats["hvp_cache"].startswith("on: estimated")
+    torch.testing.assert_close(auto.eigenvalues, cached.eigenvalues, rtol=1e-10, atol=0)
 
 
 def test_engine_hvp_cache_refuses_what_it_cannot_cache():
     from lightning_influence import ArnoldiInfluence
 
     model = make_mlp()
-    with pytest.raises(ValueError, match="pass hvp_cache=False, or curvature='hessian'"):
+    with pytest.raises(ValueError, match="pass hvp_cache='off', or curvature='hessian'"):
         ArnoldiInfluence(model, cross_entropy, hvp_cache=True, curvature="ggn")
     with pytest.raises(ValueError, match="needs cache_batches=True"):
         ArnoldiInfluence(model, cross_entropy, hvp_cache=True, cache_batches=False)
@@ -188,3 +191,18 @@ def test_block_arnoldi_stops_on_an_invariant_block_and_refuses_bad_input():
         block_arnoldi(lambda V: V, torch.ones(2, 6, dtype=torch.float64), 2)
     with pytest.raises(NonFiniteError, match="block product 0"):
         block_arnoldi(lambda V: V * float("nan"), torch.randn(2, 6), 2)
+
+
+def test_hvp_cache_auto_falls_back_with_a_message_when_memory_is_short(monkeypatch):
+    from lightning_influence import ArnoldiInfluence
+    from lightning_influence.engines import arnoldi
+
+    model = make_mlp()
+    _, _, batches = make_data(n=40)
+    cfg = {"n_iters": 12, "top_k": 5, "progress": False}
+    cached = ArnoldiInfluence(model, cross_entropy, hvp_cache="on", **cfg).fit(batches)
+    monkeypatch.setattr(arnoldi, "memory_available", lambda device: 0)  # a machine with no room
+    with pytest.warns(RuntimeWarning, match=r"hvp_cache='auto'.*recomputes its graph"):
+        short = ArnoldiInfluence(model, cross_entropy, **cfg).fit(batches)
+    assert short.fit_stats["hvp_cache"].startswith("off: estimated")
+    torch.testing.assert_close(short.eigenvalues, cached.eigenvalues, rtol=1e-8, atol=1e-12)

@@ -562,7 +562,7 @@ def _callback(**kwargs) -> InfluenceCallback:
     return InfluenceCallback(hvp_samples=None, progress=False, **{**defaults, **kwargs})
 
 
-def test_auto_prunes_by_loss_and_validation_influence_when_there_is_a_validation_set(tmp_path):
+def test_auto_prunes_by_aum_and_worst_class_validation_influence_with_a_validation_set(tmp_path):
     callback = _callback()
     dm = InfluenceDataModule(ToyData(), fraction=0.25)
     model = Classifier()
@@ -573,11 +573,11 @@ def test_auto_prunes_by_loss_and_validation_influence_when_there_is_a_validation
     )
     assert "validation_influence_class_0" in first.signals  # ToyData's validation labels are 0
     assert first.manifest["validation_examples"] == 12
-    # the plan ranks by the rank mean of the loss and the validation influence
-    assert dm.plan.signal == ("loss", "validation_influence")
+    # the plan ranks by the rank mean of the AUM and the worst class' validation influence
+    assert dm.plan.signal == ("aum", "validation_influence_min")
     from lightning_influence.pruning import drop_mask
 
-    keep = drop_mask(suspicion_of(first.signals, ["loss", "validation_influence"]), 0.25)
+    keep = drop_mask(suspicion_of(first.signals, ["aum", "validation_influence_min"]), 0.25)
     assert sorted(model.seen[1]) == keep.nonzero().flatten().tolist()
 
 
@@ -661,7 +661,7 @@ def test_resume_rebuilds_the_plan_from_the_event_folders(tmp_path):
     state = torch.load(path, weights_only=False)["InfluenceDataModule"]["influence"]
     # references to the folders, not the events' [N] tensors
     assert [r["uid"] for r in state["event_refs"]] == [callback.events[0].uid]  # epoch 1's plan
-    assert state["signal"] == ["loss", "validation_influence"]
+    assert state["signal"] == ["aum", "validation_influence_min"]
 
     dm2 = InfluenceDataModule(ToyData(), fraction=0.25)
     dm2.load_state_dict({"wrapped": {"token": "x"}, "influence": state})
