@@ -628,9 +628,9 @@ class PruningConfig(_Config):
         metadata=_help(
             "the per-example signal that ranks the suspects (lightning_influence.pruning.signals): "
             "a name ('validation_influence', 'loss', 'aum', 'self_influence', 'loss_mean', ...), "
-            "a list of names (their rank mean), or 'auto': the rank mean of the loss and the "
-            "validation influence when the events have a validation set, else the AUM (else the "
-            "loss)."
+            "a list of names (their rank mean), or 'auto': the rank mean of the AUM and the worst "
+            "validation class' influence (validation_influence_min) when the events have a "
+            "validation set, else the AUM (else the loss); see README 'Pruning noisy data'."
         ),
     )
     mode: PruneMode = field(

@@ -1,5 +1,7 @@
 """The noisy-label demo end to end, with tiny settings (its figures come from the full run)."""
 
+import re
+
 from lightning_influence import demo
 
 
@@ -18,11 +20,16 @@ def test_demo_runs_every_arm_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert set(results[0]) == set(demo.ARMS)
     pruned = results[0]["pruned"]
-    assert pruned.dropped is not None and int(pruned.dropped.sum()) == int(0.2 * 1257)
+    assert pruned.dropped is not None and int(pruned.dropped.sum()) == int(0.2 * 1077)
     assert results[0]["noisy"].dropped is None
-    for text in ("top of the spectrum", "by self-influence: precision", "by loss (baseline)",
+    # the default (a validation set is there, and the wrapper's sampler records the AUM) beside
+    # the loss, the AUM and self-influence, each with its average precision
+    assert "default: aum + validation_influence_min" in out
+    for name in ("loss", "aum", "self_influence"):
+        assert re.search(rf"\n  {name} +AP 0\.\d{{3}}   precision of the top 215 \d\.\d\d", out)
+    for text in ("top of the spectrum", "180 clean validation digits", "training epochs)",
                  "test accuracy", "pruning recovers", "tensorboard --logdir"):  # fmt: skip
         assert text in out
     assert list(
-        (tmp_path / "seed0" / "pruned" / "influence").glob("arnoldi-*/epoch=0-step=40/dropped.csv")
+        (tmp_path / "seed0" / "pruned" / "influence").glob("arnoldi-*/epoch=0-step=34/dropped.csv")
     )
