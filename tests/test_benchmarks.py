@@ -155,7 +155,10 @@ def test_pruning_quick(tmp_path):
         assert d["cost_epochs"] >= 0
     assert run["detection"]["loss"]["cost_epochs"] == 0 == run["detection"]["aum"]["cost_epochs"]
     assert run["detection"]["cleanlab"]["cost_epochs"] == pytest.approx(5 * 2 * 0.8)
-    assert run["detection"]["auto (product default)"]["signals"] == ["loss", "validation_influence"]
+    assert run["detection"]["auto (product default)"]["signals"] == [
+        "aum",
+        "validation_influence_min",
+    ]
     # the pruned runs: the baselines plus the quick arms, each with a clean test accuracy
     arms = run["arms"]
     assert set(arms) == {"clean", "noisy", "oracle", "loss", "auto (product default)"}

@@ -62,4 +62,4 @@ def test_noisy_labels(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "mean weight" in printed and "on flipped labels" in printed
     assert "weights.csv" in printed
-    assert "dropped 251 from epoch 0" in printed
+    assert "dropped 215 from epoch 0" in printed  # 20% of the demo split's 1,077 training digits
