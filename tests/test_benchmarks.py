@@ -125,6 +125,9 @@ def test_diagnose_ap_quick(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_pruning_quick(tmp_path):
+    pytest.importorskip(
+        "cleanlab", reason="the pruning benchmark's cleanlab arm needs the bench extra"
+    )
     module = _load("pruning")
     module.main(["--quick", "--out", str(tmp_path)])
     payload = _read(tmp_path, "pruning_quick")

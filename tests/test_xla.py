@@ -178,7 +178,9 @@ def test_arnoldi_runs_one_cached_graph_per_iteration(basis_device):
     steady = n_iters - warmup
     delta = {name: after[name] - before[name] for name in before}
     assert delta["compiles"] == 0, delta
-    assert delta["executions"] <= steady, delta  # one graph per iteration
+    # one graph per iteration, plus one for each second Gram-Schmidt pass the DGKS test asked
+    # for (data-dependent: rounding that earlier tests' global settings can move)
+    assert delta["executions"] <= steady + result.reorthogonalized, delta
     assert delta["to_host"] <= steady, delta  # one host sync per iteration
     assert delta["cpu_fallbacks"] == 0, delta
 
