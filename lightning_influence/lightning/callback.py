@@ -164,6 +164,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         self._warm = WarmStart()  # the previous analysis' eigenvectors, for the next fit
         self._epoch_started: float | None = None
         self._epoch_seconds: float | None = None
+        self._last_batch_end: float | None = None
         self._datamodule: Any = None  # the InfluenceDataModule this callback feeds, if any
 
     # -- public API ------------------------------------------------------------------------------
@@ -369,12 +370,16 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         self._last_trained = (trainer.current_epoch, trainer.global_step)
         if self._dynamics is not None and self.config.dynamics:
             self._dynamics.on_batch(pl_module, batch)
+        self._last_batch_end = time.perf_counter()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._epoch_started is not None:
-            self._epoch_seconds = time.perf_counter() - self._epoch_started
-            self._epoch_started = None
+            # The training pass, first batch to last: not the epoch-end hooks, where another
+            # callback's analysis (a second InfluenceCallback) may already have run.
+            end = self._last_batch_end if self._last_batch_end is not None else time.perf_counter()
+            self._epoch_seconds = end - self._epoch_started
+            self._epoch_started = self._last_batch_end = None
         if self._dynamics is not None:
             reduce = Runtime.of(trainer, pl_module, False).reduce_sum
             self._dynamics.end_epoch(reduce)

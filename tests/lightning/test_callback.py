@@ -757,3 +757,35 @@ def test_later_analyses_start_from_the_previous_eigenvectors(tmp_path):
             warm_event.eigenvalues, cold_event.eigenvalues, rtol=1e-2, atol=0
         )
     assert sum(s["iterations"] for s in stats[1:]) <= sum(s["iterations"] for s in cold_stats[1:])
+
+
+def test_the_epoch_time_is_the_training_pass_not_another_callbacks_analysis(tmp_path, monkeypatch):
+    """Two callbacks: the second's epoch-end hook runs after the first's analysis, which must not
+    count as training time (it would understate the second analysis' cost in epochs)."""
+    import types
+
+    from lightning_influence.lightning import callback as module
+
+    clock = {"t": 0.0}  # a clock that moves one second per training batch, 100 per analysis
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=lambda: clock["t"]))
+    real_analysis = module.run_analysis
+
+    def slow_analysis(*args, **kwargs):
+        clock["t"] += 100.0
+        return real_analysis(*args, **kwargs)
+
+    monkeypatch.setattr(module, "run_analysis", slow_analysis)
+
+    class Ticking(TinyModule):
+        def training_step(self, batch, batch_idx):
+            clock["t"] += 1.0
+            return super().training_step(batch, batch_idx)
+
+    first = InfluenceCallback(cross_entropy_loss, name="first", **FAST)
+    second = InfluenceCallback(cross_entropy_loss, name="second", **FAST)
+    fit(tmp_path, callbacks=[first, second], model=Ticking(dropout=0.0), max_epochs=1)
+    batches = math.ceil(N / 8)
+    assert [e.manifest["epoch_seconds"] for e in (*first.events, *second.events)] == [
+        batches,
+        batches,
+    ]
