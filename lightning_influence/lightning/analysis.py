@@ -118,7 +118,8 @@ class WarmStart:
 
     @staticmethod
     def _layout(engine: ArnoldiInfluence) -> tuple[tuple[str, tuple[int, ...]], ...]:
-        return tuple((n, tuple(p.shape)) for n, p in engine.parameters().items())
+        space = engine.space
+        return tuple((n, tuple(s)) for n, s in zip(space.names, space.shapes, strict=True))
 
     def offer(self, engine: ArnoldiInfluence) -> Tensor | None:
         """The warm vector for ``engine``'s fit, or None (none yet, or another layout)."""
