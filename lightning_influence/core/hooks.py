@@ -15,6 +15,10 @@ the gradient ``delta`` of the summed loss at its output, the projection ``<e_i, 
   ``sum_t delta_xt * xhat_xt`` and ``sum_t delta_xt``;
 
 then ``P[x, i] = <E_i, G_x>`` one layer at a time (``G`` for one layer of one batch at most).
+A Linear layer that sees one position per example (``a_x`` a vector: an MLP's, a classifier
+head's) skips ``G``: ``<E_i, delta_x a_x^T> = delta_x^T (E_i a_x)``, so ``a @ E^T`` (one matrix
+product over the stacked ``E_i``) and a dot with ``delta`` give ``P`` at the cost of the
+projection alone, without writing the ``[B, out, in]`` outer products.
 
 The route is exact where it applies. It does not apply when a selected parameter belongs to
 another kind of module, is used outside its module's ``forward`` (``F.linear(x, m.weight)``), or
@@ -205,6 +209,40 @@ def _affine(
         out[bias] = delta.sum(positions) if positions else delta
 
 
+def _single_position(record: _Record, size: int) -> bool:
+    """A Linear (or HF Conv1D) layer that sees exactly one input vector per example."""
+    a = record.inputs
+    return (
+        record.owner.kind in ("linear", "conv1d_hf")
+        and "weight" in record.owner.params
+        and a.shape[0] == size
+        and a.numel() == size * a.shape[-1]
+    )
+
+
+def _linear_projection(
+    record: _Record, delta: Tensor, blocks: dict[str, Tensor], size: int
+) -> dict[str, Tensor]:
+    """``{name: [B, k]}`` of a single-position Linear layer without its per-example gradients:
+    ``<E_i, delta a^T> = delta^T E_i a`` (``a^T E_i delta`` for HF's Conv1D, weight ``[in, out]``)."""
+    owner = record.owner
+    a = record.inputs.detach().reshape(size, -1)
+    d = delta.reshape(size, -1)
+    weight = owner.params["weight"]
+    block = blocks[weight]  # [k, out, in] (Conv1D: [k, in, out])
+    k = block.shape[0]
+    if owner.kind == "linear":
+        z = a @ block.reshape(k * block.shape[1], block.shape[2]).T  # [B, k * out]: E_i a
+        out = {weight: (z.reshape(size, k, -1) * d.unsqueeze(1)).sum(-1)}
+    else:
+        z = d @ block.reshape(k * block.shape[1], block.shape[2]).T  # [B, k * in]: E_i delta
+        out = {weight: (z.reshape(size, k, -1) * a.unsqueeze(1)).sum(-1)}
+    bias = owner.params.get("bias")
+    if bias is not None:
+        out[bias] = d @ blocks[bias].reshape(k, -1).T
+    return out
+
+
 def _embedding_projection(record: _Record, delta: Tensor, block: Tensor, size: int) -> Tensor:
     """``[B, k]``: ``sum_t <E_i[idx_t], delta_t>`` for an embedding's weight block ``[k, V, D]``."""
     idx = record.inputs
@@ -270,6 +308,12 @@ def project_hooks(
             total += part
             if per_param is not None:
                 per_param[name] += part
+            continue
+        if _single_position(record, size):
+            for name, part in _linear_projection(record, delta, blocks, size).items():
+                total += part
+                if per_param is not None:
+                    per_param[name] += part
             continue
         for name, g in _per_example(record, delta, params, size).items():
             part = g.reshape(size, -1) @ blocks[name].reshape(k, -1).T

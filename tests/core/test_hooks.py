@@ -96,6 +96,31 @@ def test_a_parameter_subset_uses_the_hooks_of_its_layers_only():
     _check(Sequence(), (ids, torch.randint(0, 3, (4,))), params=["proj", "head.weight"])
 
 
+class Flat(nn.Module):
+    """Single-position layers: a GPT-2 Conv1D and a Linear without bias on one vector each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = Conv1D(5, 6)
+        self.head = nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.proj(x)))
+
+
+def test_single_position_linear_layers_contract_without_per_example_gradients(monkeypatch):
+    from lightning_influence.core import hooks
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("per-example gradients were materialized")
+
+    monkeypatch.setattr(hooks, "_per_example", refuse)
+    torch.manual_seed(4)
+    batch = (torch.randn(6, 6, dtype=torch.float64), torch.randint(0, 3, (6,)))
+    _check(Flat(), batch)
+    _check(Flat(), batch, params=["proj.weight", "head"], k=1)
+
+
 class Shared(nn.Module):
     """A weight used twice (tied) and an unsupported parameter."""
 
