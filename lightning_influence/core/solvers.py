@@ -34,6 +34,7 @@ from lightning_influence.core.lanczos import thick_restart_lanczos
 __all__ = [
     "SolveRequest",
     "SolveResult",
+    "basis_bytes",
     "register_solver",
     "solve",
     "solver_names",
@@ -98,6 +99,28 @@ def register_solver(name: str, *, residual_controlled: bool = False) -> Callable
         return solver
 
     return decorate
+
+
+def basis_bytes(solver: str, n_iters: int, top_k: int, dim: int, dtype: torch.dtype) -> int | None:
+    """Bytes of the Krylov basis a built-in solver holds for ``dim`` parameters, with the
+    ``top_k`` eigenvectors distilled from it (None for a registered solver of unknown needs).
+
+    ``"arnoldi"``: ``n_iters + 1`` rows in the basis dtype, plus the ~32 MiB float32 conversion
+    buffer of a low-precision basis; ``"lanczos"``: ``n_iters + 1`` rows in at least float32
+    (restarts recombine it in place); both: ``top_k`` float32 (or wider) eigenvectors.
+
+    Example:
+        >>> basis_bytes("lanczos", 45, 30, 1_000_000, torch.float32) // 2**20
+        289
+    """
+    work = torch.promote_types(dtype, torch.float32)
+    vectors = top_k * dim * work.itemsize
+    if solver == "arnoldi":
+        convert = min(32 * 2**20, (n_iters + 1) * dim * 4) if work != dtype else 0
+        return (n_iters + 1) * dim * dtype.itemsize + convert + vectors
+    if solver == "lanczos":
+        return (n_iters + 1) * dim * work.itemsize + vectors
+    return None
 
 
 def solver_names() -> tuple[str, ...]:
@@ -214,6 +237,9 @@ def _lanczos(
         tol=request.tol if request.tol is not None else 1e-2,
         max_products=request.max_products,
     )
-    # Every product is orthogonalized twice (CGS2) after a restart's arrowhead.
-    stats = {"reorthogonalized": out.products, "restarts": out.restarts, "converged": out.converged}
+    stats = {
+        "reorthogonalized": out.reorthogonalized,
+        "restarts": out.restarts,
+        "converged": out.converged,
+    }
     return SolveResult(out.pairs, out.products, out.breakdown, stats)

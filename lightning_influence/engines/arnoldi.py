@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_influence.config import ArnoldiConfig, parse_dtype, with_overrides
+from lightning_influence.config import (
+    ArnoldiConfig,
+    ConfigurationError,
+    parse_dtype,
+    with_overrides,
+)
 from lightning_influence.core.arnoldi import NonFiniteError
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.curvature import CurvatureInputs, ReduceFn, make_curvature
 from lightning_influence.core.functional_loss import LossFn
 from lightning_influence.core.hvp import memory_available, resolve_hvp_mode
 from lightning_influence.core.parameters import ParamSelector
-from lightning_influence.core.solvers import SolveRequest, residual_controlled, solve
+from lightning_influence.core.solvers import (
+    SolveRequest,
+    basis_bytes,
+    residual_controlled,
+    solve,
+)
 from lightning_influence.core.xla import graph_cut
 from lightning_influence.engines.base import ProjectedInfluence, TransferFn, sync_device
 
@@ -124,17 +138,20 @@ class ArnoldiInfluence(ProjectedInfluence):
     def _settle_cache(self, operator: Any, device: torch.device) -> str:
         """Keep the product cache under ``hvp_cache='auto'`` only when its estimated memory fits in
         half of what is free; say what was decided (``fit_stats["hvp_cache"]``)."""
+        self._cache_bytes = 0
         if not getattr(operator, "cache", False):
             return "off"
         estimator = getattr(operator, "cache_estimate", None)
         if self.config.hvp_cache == "on" or estimator is None:
             return "on"
         estimate = estimator(device)
+        self._cache_bytes = estimate
         free = memory_available(device)
         mib = estimate / 2**20
         if free is not None and estimate >= free / 2:
             operator.cache = False
             operator.clear_cache()
+            self._cache_bytes = 0
             self._warn(
                 f"hvp_cache='auto': the HVP sample's cached graphs would take about {mib:.0f} MiB, "
                 f"more than half of the {free / 2**20:.0f} MiB free, so every product recomputes "
@@ -143,6 +160,69 @@ class ArnoldiInfluence(ProjectedInfluence):
             )
             return f"off: estimated {mib:.0f} MiB, {free / 2**20:.0f} MiB free"
         return f"on: estimated {mib:.0f} MiB"
+
+    def _settle_basis(self, solver: str, scratch: str) -> tuple[str, SolveRequest, str]:
+        """Where the Krylov basis goes: in memory (the basis device's) when its estimate fits in
+        half of what is free there beside the HVP cache, else in host RAM, else in a float16
+        file under ``scratch`` with the ``arnoldi`` solver (a restarted basis is rewritten in
+        place, which a file does not suit); an explicit ``basis_file`` is kept. Returns the
+        solver, the basis fields of the request and what was decided
+        (``fit_stats["basis"]``)."""
+        cfg = self.config
+        where = self._directions_device()
+        dtype = parse_dtype(cfg.basis_dtype, "basis_dtype") or self.compute_dtype
+        fields = SolveRequest(
+            top_k=cfg.top_k,
+            n_iters=cfg.n_iters,
+            basis_device=where,
+            basis_dtype=dtype,
+            basis_file=cfg.basis_file,
+        )
+        if cfg.basis_file is not None:
+            return solver, fields, f"file: {cfg.basis_file} (basis_file)"
+        need = basis_bytes(solver, cfg.n_iters, cfg.top_k, self.space.dim, dtype)
+        if need is None or where.type == "xla":
+            return solver, fields, f"{where.type} memory"
+        mib = 2**20
+        cache = getattr(self, "_cache_bytes", 0) if where == self.device else 0
+        free = memory_available(where)
+        if free is None or need < (free - cache) / 2:
+            shown = "unknown" if free is None else f"{free // mib:,}"
+            return solver, fields, f"{where.type} memory: {need // mib:,} MiB ({shown} MiB free)"
+        host = memory_available(torch.device("cpu"))
+        if where.type != "cpu" and host is not None and need < host / 2:
+            self._warn(
+                f"the Krylov basis ({need // mib:,} MiB) does not fit in half of the "
+                f"{free // mib:,} MiB free on {where}: it is kept in host memory "
+                "(pass basis_device='cpu' to say so, or lower n_iters)"
+            )
+            note = f"cpu memory: {need // mib:,} MiB ({host // mib:,} MiB free on the host)"
+            return solver, dataclasses.replace(fields, basis_device=torch.device("cpu")), note
+        file_dtype = torch.float16
+        file_need = basis_bytes("arnoldi", cfg.n_iters, cfg.top_k, self.space.dim, file_dtype)
+        assert file_need is not None
+        disk = shutil.disk_usage(scratch).free
+        if file_need > disk:
+            raise ConfigurationError(
+                f"the Krylov basis of n_iters={cfg.n_iters} vectors of {self.space.dim:,} "
+                f"parameters needs {need // mib:,} MiB of memory ({free // mib:,} MiB free) or a "
+                f"{file_need // mib:,} MiB file ({disk // mib:,} MiB free in {scratch}): lower "
+                "n_iters, select fewer parameters (params=...), or pass basis_file= on a larger "
+                "disk (TMPDIR sets where the temporary file goes)"
+            )
+        path = str(Path(scratch) / "krylov-basis.bin")
+        self._warn(
+            f"the Krylov basis ({need // mib:,} MiB) does not fit in half of the "
+            f"{free // mib:,} MiB of free memory: it goes to a float16 file in {scratch} "
+            f"({file_need // mib:,} MiB, removed after the fit) with solver='arnoldi' "
+            f"(n_iters={cfg.n_iters} products); pass basis_file= to choose the place, or lower "
+            "n_iters to keep it in memory"
+        )
+        fields = dataclasses.replace(
+            fields, basis_device=torch.device("cpu"), basis_dtype=file_dtype, basis_file=path
+        )
+        note = f"file: {file_need // mib:,} MiB float16 ({free // mib:,} MiB of memory free)"
+        return "arnoldi", fields, note
 
     def fit(
         self,
@@ -199,6 +279,9 @@ class ArnoldiInfluence(ProjectedInfluence):
                 ),
             )
             cache_note = self._settle_cache(operator, device)
+            # removed after the solver returns (a basis file, when memory does not suffice)
+            scratch = tempfile.TemporaryDirectory(prefix="lightning-influence-")
+            solver, basis, basis_note = self._settle_basis(solver, scratch.name)
 
             generator = torch.Generator().manual_seed(cfg.seed)
             start = torch.randn(self.space.dim, generator=generator, dtype=torch.float64)
@@ -228,17 +311,13 @@ class ArnoldiInfluence(ProjectedInfluence):
                 warm = None
             elif warm is not None:
                 warm_note = "warm"
-            request = SolveRequest(
-                top_k=cfg.top_k,
-                n_iters=cfg.n_iters,
+            request = dataclasses.replace(
+                basis,
                 tol=cfg.restart_tol,
                 max_products=budget,
-                basis_device=self._directions_device(),
-                basis_dtype=parse_dtype(cfg.basis_dtype, "basis_dtype"),
-                basis_file=cfg.basis_file,
                 on_product=bar.update,
                 graph_cut=graph_cut(device),
-                warm=warm,
+                warm=warm if residual_controlled(solver) else None,
             )
             try:
                 out = solve(solver, operator, start, request)
@@ -254,6 +333,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             finally:
                 bar.close()
                 operator.clear_cache()  # the cached graphs are the fit's largest allocation
+                scratch.cleanup()
             pairs, iterations, breakdown = out.pairs, out.products, out.breakdown
             self._settle_projection(f, params, sample.first, pairs.eigenvectors)
             sync_device(device)
@@ -285,6 +365,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             **out.stats,
             "hvp_mode": mode,
             "hvp_cache": cache_note,
+            "basis": basis_note,
             "curvature": cfg.curvature,
             "num_examples": sample.count,
             "num_params": self.space.dim,

@@ -39,6 +39,37 @@ def test_restarts_until_the_top_pairs_converge_and_matches_the_dense_answer():
     )
 
 
+def test_one_gram_schmidt_pass_per_product_keeps_the_basis_orthonormal():
+    # A symmetric operator: the recurrence leaves only rounding along the older vectors, so the
+    # second pass is rare, and the basis stays orthonormal through the restarts (float32 too).
+    a = _hessian_like(seed=6)
+    start = torch.randn(300, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    out = thick_restart_lanczos(lambda v: a @ v, start, 20, basis_size=40, tol=1e-8)
+    assert out.restarts > 0 and out.converged == 20
+    assert out.reorthogonalized <= out.products // 4, (out.reorthogonalized, out.products)
+    torch.testing.assert_close(out.pairs.eigenvalues, _top(a, 20), rtol=1e-10, atol=0)
+    single = a.float()
+    out32 = thick_restart_lanczos(lambda v: single @ v, start.float(), 10, basis_size=30)
+    vecs = out32.pairs.eigenvectors
+    gram = vecs @ vecs.T
+    assert (gram - torch.eye(10)).abs().max() < 1e-5
+    torch.testing.assert_close(
+        out32.pairs.eigenvalues.double(), _top(a, 10), rtol=1e-2 * 1.01, atol=0
+    )
+
+
+def test_a_drifting_operator_triggers_the_second_pass():
+    # A non-symmetric operator breaks the recurrence: in a space not much larger than the basis
+    # the full pass removes most of the product, and the second pass runs.
+    g = torch.Generator().manual_seed(8)
+    a = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    start = torch.randn(30, generator=g, dtype=torch.float64)
+    out = thick_restart_lanczos(lambda v: a @ v, start, 5, basis_size=20, max_products=40)
+    assert out.reorthogonalized > 10
+    vecs = out.pairs.eigenvectors
+    torch.testing.assert_close(vecs @ vecs.T, torch.eye(5, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
 def test_converges_in_a_basis_where_plain_arnoldi_of_that_size_does_not():
     # The point of restarting: the memory of a 40-vector basis, the accuracy of a longer run.
     a = _hessian_like(seed=2)

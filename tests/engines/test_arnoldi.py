@@ -159,6 +159,41 @@ def test_basis_offload_and_low_precision_storage():
     torch.testing.assert_close(low.eigenvalues, ref.eigenvalues, rtol=3e-2, atol=0)
 
 
+def test_the_basis_stays_in_memory_when_it_fits():
+    model = make_mlp(hidden=20)
+    _, _, batches = make_data(n=60)
+    engine = _fit(model, batches, n_iters=12, top_k=5, restart_tol=1e-6)
+    assert engine.fit_stats["solver"] == "lanczos"
+    assert engine.fit_stats["basis"].startswith("cpu memory: ")
+
+
+def test_a_basis_that_does_not_fit_in_memory_goes_to_a_temporary_file(monkeypatch, tmp_path):
+    import tempfile
+
+    from lightning_influence.engines import arnoldi
+
+    model = make_mlp(hidden=20)  # P = 163
+    x, y, batches = make_data(n=60)
+    ref_vals, _ = Dense(model, x, y).top_eigenpairs(5)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # room for the cache estimate's comparison but not for 13 basis rows of 163 float64
+    monkeypatch.setattr(arnoldi, "memory_available", lambda device: 1000)
+    kwargs = {"n_iters": 40, "top_k": 5, "hvp_cache": "off", "restart_tol": 1e-6}
+    with pytest.warns(RuntimeWarning, match=r"does not fit in half of the 0 MiB.*float16 file"):
+        engine = _fit(model, batches, **kwargs)
+    stats = engine.fit_stats
+    assert stats["solver"] == "arnoldi" and stats["basis"].startswith("file: ")
+    assert stats["iterations"] == 40  # the fixed-product solver: a file is not rewritten
+    # a float16 basis: the top eigenvalues to the precision of its storage
+    torch.testing.assert_close(engine.eigenvalues, ref_vals, rtol=2e-3, atol=0)
+    assert list(tmp_path.iterdir()) == []  # the file and its folder are gone after the fit
+
+    # no room on the disk either: an error naming the sizes and the fixes, before any product
+    monkeypatch.setattr(arnoldi.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
+    with pytest.raises(ConfigurationError, match=r"lower n_iters.*basis_file="):
+        _fit(model, batches, **kwargs)
+
+
 def test_same_seed_same_result_other_seed_same_converged_top():
     model = make_mlp()
     _, _, batches = make_data()

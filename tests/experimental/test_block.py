@@ -193,13 +193,15 @@ def test_block_arnoldi_stops_on_an_invariant_block_and_refuses_bad_input():
         block_arnoldi(lambda V: V * float("nan"), torch.randn(2, 6), 2)
 
 
-def test_hvp_cache_auto_falls_back_with_a_message_when_memory_is_short(monkeypatch):
+def test_hvp_cache_auto_falls_back_with_a_message_when_memory_is_short(monkeypatch, tmp_path):
     from lightning_influence import ArnoldiInfluence
     from lightning_influence.engines import arnoldi
 
     model = make_mlp()
     _, _, batches = make_data(n=40)
-    cfg = {"n_iters": 12, "top_k": 5, "progress": False}
+    # an explicit basis file (float64): no room is asked of memory for the basis
+    basis = str(tmp_path / "basis.bin")
+    cfg = {"n_iters": 12, "top_k": 5, "progress": False, "basis_file": basis}
     cached = ArnoldiInfluence(model, cross_entropy, hvp_cache="on", **cfg).fit(batches)
     monkeypatch.setattr(arnoldi, "memory_available", lambda device: 0)  # a machine with no room
     with pytest.warns(RuntimeWarning, match=r"hvp_cache='auto'.*recomputes its graph"):
