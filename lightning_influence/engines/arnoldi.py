@@ -161,13 +161,16 @@ class ArnoldiInfluence(ProjectedInfluence):
             return f"off: estimated {mib:.0f} MiB, {free / 2**20:.0f} MiB free"
         return f"on: estimated {mib:.0f} MiB"
 
-    def _settle_basis(self, solver: str, scratch: str) -> tuple[str, SolveRequest, str]:
+    def _settle_basis(
+        self, solver: str, scratch: str, reduce_fn: ReduceFn | None
+    ) -> tuple[str, SolveRequest, str]:
         """Where the Krylov basis goes: in memory (the basis device's) when its estimate fits in
         half of what is free there beside the HVP cache, else in host RAM, else in a float16
         file under ``scratch`` with the ``arnoldi`` solver (a restarted basis is rewritten in
-        place, which a file does not suit); an explicit ``basis_file`` is kept. Returns the
-        solver, the basis fields of the request and what was decided
-        (``fit_stats["basis"]``)."""
+        place, which a file does not suit); an explicit ``basis_file`` is kept. Under data
+        parallelism (``reduce_fn``) every process takes the most cautious process' choice, so
+        that all run the same solver. Returns the solver, the basis fields of the request and
+        what was decided (``fit_stats["basis"]``)."""
         cfg = self.config
         where = self._directions_device()
         dtype = parse_dtype(cfg.basis_dtype, "basis_dtype") or self.compute_dtype
@@ -186,23 +189,34 @@ class ArnoldiInfluence(ProjectedInfluence):
         mib = 2**20
         cache = getattr(self, "_cache_bytes", 0) if where == self.device else 0
         free = memory_available(where)
-        if free is None or need < (free - cache) / 2:
+        host = memory_available(torch.device("cpu"))
+        file_dtype = torch.float16
+        file_need = basis_bytes("arnoldi", cfg.n_iters, cfg.top_k, self.space.dim, file_dtype)
+        assert file_need is not None
+        disk = shutil.disk_usage(scratch).free
+        # 0: on the basis device, 1: in host memory, 2: in a file, 3: nowhere
+        choice = 0 if free is None or need < (free - cache) / 2 else 2
+        if choice and where.type != "cpu" and host is not None and need < host / 2:
+            choice = 1
+        if choice == 2 and file_need > disk:
+            choice = 3
+        if reduce_fn is not None:
+            votes = torch.zeros(4, device=self.device, dtype=self.compute_dtype)
+            votes[choice] = 1
+            choice = int(torch.nonzero(reduce_fn(votes).cpu()).max())
+        if choice == 0:
             shown = "unknown" if free is None else f"{free // mib:,}"
             return solver, fields, f"{where.type} memory: {need // mib:,} MiB ({shown} MiB free)"
-        host = memory_available(torch.device("cpu"))
-        if where.type != "cpu" and host is not None and need < host / 2:
+        free = free or 0
+        if choice == 1:
             self._warn(
                 f"the Krylov basis ({need // mib:,} MiB) does not fit in half of the "
                 f"{free // mib:,} MiB free on {where}: it is kept in host memory "
                 "(pass basis_device='cpu' to say so, or lower n_iters)"
             )
-            note = f"cpu memory: {need // mib:,} MiB ({host // mib:,} MiB free on the host)"
+            note = f"cpu memory: {need // mib:,} MiB ({(host or 0) // mib:,} MiB free on the host)"
             return solver, dataclasses.replace(fields, basis_device=torch.device("cpu")), note
-        file_dtype = torch.float16
-        file_need = basis_bytes("arnoldi", cfg.n_iters, cfg.top_k, self.space.dim, file_dtype)
-        assert file_need is not None
-        disk = shutil.disk_usage(scratch).free
-        if file_need > disk:
+        if choice == 3:
             raise ConfigurationError(
                 f"the Krylov basis of n_iters={cfg.n_iters} vectors of {self.space.dim:,} "
                 f"parameters needs {need // mib:,} MiB of memory ({free // mib:,} MiB free) or a "
@@ -281,7 +295,7 @@ class ArnoldiInfluence(ProjectedInfluence):
             cache_note = self._settle_cache(operator, device)
             # removed after the solver returns (a basis file, when memory does not suffice)
             scratch = tempfile.TemporaryDirectory(prefix="lightning-influence-")
-            solver, basis, basis_note = self._settle_basis(solver, scratch.name)
+            solver, basis, basis_note = self._settle_basis(solver, scratch.name, reduce_fn)
 
             generator = torch.Generator().manual_seed(cfg.seed)
             start = torch.randn(self.space.dim, generator=generator, dtype=torch.float64)

@@ -194,6 +194,26 @@ def test_a_basis_that_does_not_fit_in_memory_goes_to_a_temporary_file(monkeypatc
         _fit(model, batches, **kwargs)
 
 
+def test_processes_agree_on_the_most_cautious_basis_placement(monkeypatch, tmp_path):
+    # Under data parallelism every process must run the same solver: one process short of
+    # memory (simulated: its vote for a file is added by the reduction) sends all to the file.
+    import tempfile
+
+    model = make_mlp(hidden=20)
+    _, _, batches = make_data(n=60)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    other = torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+
+    def reduce_fn(v):  # the other process: the same HVPs and counts, a vote for the file
+        return v + other if v.numel() == 4 and v.sum() == 1 else v
+
+    kwargs = {"n_iters": 20, "top_k": 5, "restart_tol": 1e-6, "hvp_cache": "off"}
+    engine = ArnoldiInfluence(model, cross_entropy, progress=False, **kwargs)
+    with pytest.warns(RuntimeWarning, match="float16 file"):
+        engine.fit(batches, reduce_fn=reduce_fn)
+    assert engine.fit_stats["solver"] == "arnoldi" and engine.fit_stats["basis"].startswith("file")
+
+
 def test_same_seed_same_result_other_seed_same_converged_top():
     model = make_mlp()
     _, _, batches = make_data()
