@@ -118,7 +118,8 @@ def run_arm(arm: str, data: Digits, seed: int, args: argparse.Namespace) -> ArmR
     losses = LossScores(args.score_every, feed=arm == "loss-pruned") if pruning else None
     if losses is not None:
         callbacks.append(losses)
-    logger = TensorBoardLogger(args.logdir, name=f"seed{seed}", version=arm)
+    # a new version folder per run: a rerun never meets (and never overwrites) the last one's events
+    logger = TensorBoardLogger(args.logdir, name=f"seed{seed}/{arm}")
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,

@@ -30,6 +30,16 @@ def test_demo_runs_every_arm_and_reports(tmp_path, capsys):
     for text in ("top of the spectrum", "180 clean validation digits", "training epochs)",
                  "test accuracy", "pruning recovers", "tensorboard --logdir"):  # fmt: skip
         assert text in out
-    assert list(
-        (tmp_path / "seed0" / "pruned" / "influence").glob("arnoldi-*/epoch=0-step=34/dropped.csv")
-    )
+    pattern = "arnoldi-*/epoch=0-step=34/dropped.csv"
+    assert list((tmp_path / "seed0" / "pruned" / "version_0" / "influence").glob(pattern))
+
+
+def test_a_second_run_writes_a_new_version_beside_the_first(tmp_path, capsys):
+    argv = ["--epochs", "1", "--score-every", "1", "--n-iters", "6", "--top-k", "3",
+            "--hvp-samples", "64", "--arms", "pruned", "--logdir", str(tmp_path)]  # fmt: skip
+    demo.run(argv)
+    demo.run(argv)  # the events of the first run stay; no refusal to write over them
+    runs = sorted(p.name for p in (tmp_path / "seed0" / "pruned").iterdir())
+    assert runs == ["version_0", "version_1"]
+    for run in runs:
+        assert list((tmp_path / "seed0" / "pruned" / run / "influence").glob("arnoldi-*/epoch=0-*"))
