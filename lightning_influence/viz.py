@@ -155,7 +155,7 @@ def spectrum_figure(eigenvalues: Tensor) -> Any:
     ax.set_xlabel("rank i")
     ax.set_ylabel("|eigenvalue| (red: negative)")
     ax.set_title("Hessian spectrum (top eigenvalues)")
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.9)  # tight_layout's cost
     return figure
 
 
@@ -168,14 +168,30 @@ def examples_figure(
     cols = math.ceil(math.sqrt(len(rows)))
     nrows = math.ceil(len(rows) / cols)
     figure = Figure(figsize=(2.0 * cols, 2.2 * nrows), dpi=100)
+    # One axes holding one tiled image, the captions as text above each tile: a subplot per
+    # example with tight_layout took ~1-2 s per event, more than a small model's whole analysis.
+    h, w = rows[0]["image"].shape[1:]
+    pad, caption = max(1, w // 10), max(2, round(h * 0.55))
+    cell_h, cell_w = h + caption, w + pad
+    canvas = np.ones((nrows * cell_h, cols * cell_w, 3), dtype=np.float32)
+    ax = figure.add_axes((0.0, 0.0, 1.0, 1.0 - 0.35 / (2.2 * nrows)))
     for i, row in enumerate(rows):
-        ax = figure.add_subplot(nrows, cols, i + 1)
-        ax.imshow(row["image"].permute(1, 2, 0).numpy(), interpolation="nearest")
+        r, c = divmod(i, cols)
+        y, x = r * cell_h + caption, c * cell_w + pad // 2
+        image = row["image"][:, :h, :w].permute(1, 2, 0).float().clamp(0, 1).numpy()
+        canvas[y : y + image.shape[0], x : x + image.shape[1]] = image
         dropped = " (dropped)" if row.get("status") == "dropped" else ""
-        ax.set_title(f"#{row['index']} y={row['label']}{dropped}\n{row['score']:.3g}", fontsize=8)
-        ax.axis("off")
+        ax.text(
+            x + w / 2 - 0.5,
+            y - 0.6,
+            f"#{row['index']} y={row['label']}{dropped}\n{row['score']:.3g}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.axis("off")
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
     return figure
 
 
