@@ -80,6 +80,65 @@ def slice_batch(batch: Any, start: int, stop: int) -> Any:
     return pytree.tree_map(lambda x: x[start:stop] if _is_mapped(x, size) else x, batch)
 
 
+def _joinable(first: Any, other: Any) -> bool:
+    """Whether two batches concatenate along examples: the same structure, mapped tensor leaves
+    of the same trailing shape and dtype, and every other leaf equal."""
+    leaves, spec = pytree.tree_flatten(first)
+    others, other_spec = pytree.tree_flatten(other)
+    if spec != other_spec:
+        return False
+    n, m = batch_size(first), batch_size(other)
+    for a, b in zip(leaves, others, strict=True):
+        mapped = _is_mapped(a, n)
+        if mapped != _is_mapped(b, m):
+            return False
+        if mapped:
+            if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype or a.device != b.device:
+                return False
+        elif isinstance(a, Tensor):
+            if not (isinstance(b, Tensor) and a.shape == b.shape and torch.equal(a, b)):
+                return False
+        elif a is not b and a != b:
+            return False
+    return True
+
+
+def merge_batches(batches: list[Any], limit: int) -> list[Any]:
+    """Consecutive batches joined along examples into batches of at most ``limit`` examples,
+    wherever they concatenate (``_joinable``: padded sequences of another length do not); the
+    examples and their order are unchanged.
+
+    Example:
+        >>> parts = [(torch.zeros(3, 2), torch.ones(3)) for _ in range(3)]
+        >>> [batch_size(b) for b in merge_batches(parts, limit=6)]
+        [6, 3]
+    """
+    groups: list[list[Any]] = []
+    for batch in batches:
+        group = groups[-1] if groups else None
+        if (
+            group is not None
+            and sum(batch_size(b) for b in group) + batch_size(batch) <= limit
+            and _joinable(group[0], batch)
+        ):
+            group.append(batch)
+        else:
+            groups.append([batch])
+    out = []
+    for group in groups:
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        size = batch_size(group[0])
+        spec = pytree.tree_structure(group[0])
+        columns = zip(*(pytree.tree_leaves(b) for b in group), strict=True)
+        leaves = [
+            torch.cat(column) if _is_mapped(column[0], size) else column[0] for column in columns
+        ]
+        out.append(pytree.tree_unflatten(leaves, spec))
+    return out
+
+
 def map_tensors(fn: Callable[[Tensor], Tensor], batch: Any) -> Any:
     """Apply ``fn`` to every tensor leaf."""
     return pytree.tree_map(lambda x: fn(x) if isinstance(x, Tensor) else x, batch)

@@ -214,6 +214,18 @@ def test_processes_agree_on_the_most_cautious_basis_placement(monkeypatch, tmp_p
     assert engine.fit_stats["solver"] == "arnoldi" and engine.fit_stats["basis"].startswith("file")
 
 
+def test_a_cached_hvp_sample_is_joined_into_larger_batches_with_the_same_answer():
+    model = make_mlp(hidden=20)
+    x, y, batches = make_data(n=60)  # six batches of 10
+    ref_vals, _ = Dense(model, x, y).top_eigenpairs(5)
+    kwargs = {"n_iters": 30, "top_k": 5, "restart_tol": 1e-10}
+    joined = _fit(model, batches, hvp_cache="on", **kwargs)
+    apart = _fit(model, batches, hvp_cache="off", **kwargs)
+    assert joined.fit_stats["hvp_batches"] == 1 and apart.fit_stats["hvp_batches"] == 6
+    torch.testing.assert_close(joined.eigenvalues, ref_vals, rtol=1e-10, atol=0)
+    torch.testing.assert_close(joined.eigenvalues, apart.eigenvalues, rtol=1e-10, atol=0)
+
+
 def test_same_seed_same_result_other_seed_same_converged_top():
     model = make_mlp()
     _, _, batches = make_data()
