@@ -29,7 +29,14 @@ plus, at P = 1M, ~50 MiB more (1.6 C; not traced further); the fit leaves k P4 (
 eigenvectors), the basis pages are released before scoring, and scoring adds the gradient chunks.
 At P >= 3M the fit is the peak (distill; 4,096 MiB at 10M), at P <= 1M the scoring.
 
-Run: ``PYTHONPATH=. python examples/benchmarks/large_model.py [--quick] [--hidden H] [--out DIR]``.
+``--basis memory`` runs the callback's default instead (thick-restart Lanczos, ``top_k=30``,
+``n_iters=45``, the basis in RAM in float32, which the engine chooses when its estimate
+``core.solvers.basis_bytes`` fits in half of the free memory) and reports the fit against its
+products (``fit_over_hvps``); ``--hvp-samples`` sets the HVP sample (64 by default, the callback's
+default is 256).
+
+Run: ``PYTHONPATH=. python examples/benchmarks/large_model.py [--quick] [--hidden H]
+[--basis file|memory] [--hvp-samples S] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -180,25 +187,49 @@ def run(
     top_k: int = 20,
     num_train: int = 2000,
     seed: int = 0,
+    basis: str = "file",
+    hvp_samples: int = 64,
 ) -> dict[str, Any]:
     """Train the MLP 784 -> hidden -> 2 hidden -> 10 one epoch and analyse it with the callback
-    (float16 basis in a file, scores streamed); the figures and the memory of each phase.
+    (scores streamed); the figures and the memory of each phase.
+
+    ``basis="file"``: Arnoldi with a float16 basis in a file (the memory bound of the module
+    docstring applies); ``basis="memory"``: the callback's default solver (thick-restart
+    Lanczos to ``restart_tol=1e-2``, the basis in RAM in float32; the engine's
+    ``core.solvers.basis_bytes`` estimate is reported beside the measured peak).
 
     Call it in a fresh process: it measures the process's resident memory and wraps (for the
-    measurement only) the engine's ``arnoldi``, ``distill``, ``fit`` and ``self_influence_shards``.
+    measurement only) the engine's solver, ``distill``, ``fit`` and ``self_influence_shards``.
     """
+    if basis not in ("file", "memory"):
+        raise ValueError(f"basis={basis!r} is not 'file' or 'memory'")
     memory = PhaseMemory()
     try:
-        return _run(memory, hidden, n_iters, top_k, num_train, seed)
+        return _run(memory, hidden, n_iters, top_k, num_train, seed, basis, hvp_samples)
     finally:
         memory.unwrap()
 
 
 def _run(
-    memory: PhaseMemory, hidden: int, n_iters: int, top_k: int, num_train: int, seed: int
+    memory: PhaseMemory,
+    hidden: int,
+    n_iters: int,
+    top_k: int,
+    num_train: int,
+    seed: int,
+    basis: str,
+    hvp_samples: int,
 ) -> dict[str, Any]:
-    memory.wrap(engine_module, "arnoldi", "arnoldi iterations", "distill")
-    memory.wrap(engine_module, "distill", None, "projection route")
+    in_file = basis == "file"
+    if in_file:
+        memory.wrap(engine_module, "arnoldi", "arnoldi iterations", "distill")
+        memory.wrap(engine_module, "distill", None, "projection route")
+        solver_phases = ("arnoldi iterations", "distill")
+    else:
+        memory.wrap(
+            engine_module, "thick_restart_lanczos", "lanczos iterations", "projection route"
+        )
+        solver_phases = ("lanczos iterations",)
     memory.wrap(ArnoldiInfluence, "fit", "HVP sample", "save eigenpairs")
     memory.wrap(ArnoldiInfluence, "self_influence_shards", "scoring", "gather and write event")
 
@@ -214,17 +245,18 @@ def _run(
 
     with tempfile.TemporaryDirectory() as tmp:
         basis_file = os.path.join(tmp, "basis.f16")
+        storage: dict[str, Any] = {}
+        if in_file:
+            storage = {"basis_device": "cpu", "basis_dtype": "float16", "basis_file": basis_file}
         callback = InfluenceCallback(
             cross_entropy_loss,
             every_n_epochs=0,
             n_iters=n_iters,
             top_k=top_k,
-            hvp_samples=64,
+            hvp_samples=hvp_samples,
             batch_size=BATCH_SIZE,
             projection="grad",
-            basis_device="cpu",
-            basis_dtype="float16",
-            basis_file=basis_file,
+            **storage,
             shard_batches=4,
             dirpath=os.path.join(tmp, "influence"),
             on_error="raise",
@@ -245,35 +277,47 @@ def _run(
         trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True))
         wall = time.perf_counter() - start
         memory.mark("end")
-        basis_bytes = os.path.getsize(basis_file)
         event = callback.latest_event
+        stats = event.manifest["fit_stats"]
+        basis_bytes = (
+            os.path.getsize(basis_file)
+            if in_file
+            else engine_module.basis_bytes("lanczos", n_iters, top_k, num_params, torch.float32)
+        )
         timings = event.manifest["timings"]
-        iterations = event.manifest["fit_stats"]["iterations"]
+        iterations = stats["iterations"]
         residuals = (event.residuals / event.eigenvalues.abs()).max().item()
     phases = {p["phase"]: p for p in memory.phases}
     base = phases["HVP sample"]["rss_at_start_MiB"]  # when the analysis starts
-    bounds = bound_mib(base, num_params, n_iters, top_k, basis_bytes)
+    bounds = bound_mib(base, num_params, n_iters, top_k, basis_bytes) if in_file else {}
     fit_s, hvp_s = timings["fit_seconds"], timings["hvp_seconds"]
     row = {
         "parameters": num_params,
+        "basis": f"file float16, {stats['solver']}"
+        if in_file
+        else f"memory float32, {stats['solver']}",
         "n_iters": n_iters,
         "top_k": top_k,
+        "hvp_samples": hvp_samples,
+        "products": iterations,
+        "restarts": stats.get("restarts", 0),
         "examples": num_train,
         "fit_s": round(fit_s, 2),
         "hvp_s": round(hvp_s, 2),
+        "fit_over_hvps": round(fit_s / hvp_s, 2),
         "fit_s_per_iteration": round(fit_s / iterations, 4),
         "hvp_s_per_hvp": round(hvp_s / iterations, 4),
         "outside_hvps_pct": round(100 * (1 - hvp_s / fit_s), 1),
         "scoring_s": round(timings["scoring_seconds"], 2),
         "scoring_ms_per_example": round(1000 * timings["scoring_seconds"] / num_train, 3),
         "examples_per_hour": round(num_train / timings["scoring_seconds"] * 3600),
-        "basis_file_MiB": round(basis_bytes / MiB),
+        "basis_file_MiB": round(basis_bytes / MiB) if in_file else 0,
+        "basis_estimate_MiB": round(basis_bytes / MiB) if not in_file else 0,
         "basis_in_RAM_fp32_MiB": round((n_iters + 1) * num_params * 4 / MiB),
         "peak_rss_MiB": memory.peak_mib,
         "rss_before_analysis_MiB": base,
         "peak_fit_MiB": max(
-            phases[p]["peak_MiB"]
-            for p in ("HVP sample", "arnoldi iterations", "distill", "projection route")
+            phases[p]["peak_MiB"] for p in ("HVP sample", *solver_phases, "projection route")
         ),
         "peak_scoring_MiB": phases["scoring"]["peak_MiB"],
         **bounds,
@@ -285,14 +329,20 @@ def _run(
 
 ROW_COLUMNS = [
     "parameters",
+    "basis",
     "n_iters",
     "top_k",
+    "hvp_samples",
+    "products",
+    "restarts",
     "examples",
     "fit_s",
     "hvp_s",
+    "fit_over_hvps",
     "scoring_s",
     "examples_per_hour",
     "basis_file_MiB",
+    "basis_estimate_MiB",
     "peak_rss_MiB",
     "rss_before_analysis_MiB",
     "peak_fit_MiB",
@@ -320,29 +370,48 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-iters", type=int, default=None, help="default 100 (quick 20)")
     parser.add_argument("--top-k", type=int, default=None, help="default 20 (quick 5)")
     parser.add_argument("--num-train", type=int, default=None, help="default 2000 (quick 256)")
+    parser.add_argument(
+        "--basis",
+        choices=("file", "memory"),
+        default="file",
+        help="file: Arnoldi, float16 basis in a file (default n=100, p=20); memory: the "
+        "callback's default solver, thick-restart Lanczos in RAM (default n=45, p=30)",
+    )
+    parser.add_argument("--hvp-samples", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    quick = args.quick
+    quick, in_file = args.quick, args.basis == "file"
     result = run(
         hidden=args.hidden or (128 if quick else 2048),
-        n_iters=args.n_iters or (20 if quick else 100),
-        top_k=args.top_k or (5 if quick else 20),
+        n_iters=args.n_iters or (20 if quick else 100 if in_file else 45),
+        top_k=args.top_k or (5 if quick else 20 if in_file else 30),
         num_train=args.num_train or (256 if quick else 2000),
+        basis=args.basis,
+        hvp_samples=args.hvp_samples,
     )
     if args.json:
         print(json.dumps(result))
         return result
     row = result["row"]
     name = "large_model_quick" if quick else "large_model"
+    if not in_file:
+        name += f"_memory_s{args.hvp_samples}"
+    where = (
+        "Basis on disk as float16 (numpy memmap), Arnoldi. `fit_MiB`, `scoring_MiB` and "
+        "`bound_MiB` are the bounds of the script's docstring (base = `rss_before_analysis_MiB`)."
+        if in_file
+        else "Basis in RAM as float32 (the callback's default: thick-restart Lanczos to "
+        "restart_tol=1e-2); `basis_estimate_MiB` is the engine's estimate "
+        "(`core.solvers.basis_bytes`: basis and eigenvectors) that decides RAM or file."
+    )
     text = (
         f"# InfluenceCallback on a {row['parameters']:,}-parameter MLP\n\n"
-        f"{markdown_table([row], ROW_COLUMNS)}\n\n"
-        "Basis on disk as float16 (numpy memmap); scores streamed in shards of 4 batches. "
-        "`fit_MiB`, `scoring_MiB` and `bound_MiB` are the bounds of the script's docstring "
-        "(base = `rss_before_analysis_MiB`).\n\n"
+        f"{markdown_table([row], [c for c in ROW_COLUMNS if c in row])}\n\n"
+        f"{where} Scores streamed in shards of 4 batches. `fit_over_hvps` = fit time / the "
+        "time of its Hessian-vector products.\n\n"
         "## Resident memory in each phase (MiB)\n\n"
         "`peak`: VmHWM during the phase; at its end, `anon` (heap, tensors) and `file` (pages of "
         "the basis file mapped into the process) of the resident set.\n\n"
