@@ -502,7 +502,10 @@ class AnalysisConfig(ArnoldiConfig):
     batch_size: int | None = field(
         default=None,
         metadata=_help(
-            "batch size of the HVP and scoring loaders; None: the train loader's.", "execution"
+            "batch size of the HVP and scoring loaders; None: the train loader's (a cached HVP "
+            "sample is joined into batches of up to 256, and scoring uses up to 256 when its "
+            "memory per example is known to fit in 256 MiB a batch).",
+            "execution",
         ),
     )
     num_workers: int = field(

@@ -25,7 +25,7 @@ from lightning_influence.core.arnoldi import NonFiniteError
 from lightning_influence.core.context import analysis_context
 from lightning_influence.core.curvature import CurvatureInputs, ReduceFn, make_curvature
 from lightning_influence.core.functional_loss import LossFn
-from lightning_influence.core.hvp import memory_available, resolve_hvp_mode
+from lightning_influence.core.hvp import memory_available, memory_in_use, resolve_hvp_mode
 from lightning_influence.core.parameters import ParamSelector
 from lightning_influence.core.solvers import (
     SolveRequest,
@@ -142,7 +142,7 @@ class ArnoldiInfluence(ProjectedInfluence):
     def _settle_cache(self, operator: Any, device: torch.device) -> str:
         """Keep the product cache under ``hvp_cache='auto'`` only when its estimated memory fits in
         half of what is free; say what was decided (``fit_stats["hvp_cache"]``)."""
-        self._cache_bytes = 0
+        self._cache_bytes, self._cache_measured = 0, False
         if not getattr(operator, "cache", False):
             return "off"
         estimator = getattr(operator, "cache_estimate", None)
@@ -150,12 +150,13 @@ class ArnoldiInfluence(ProjectedInfluence):
             return "on"
         estimate = estimator(device)
         self._cache_bytes = estimate
+        self._cache_measured = memory_in_use(device) > 0  # 0: the memory cannot be read
         free = memory_available(device)
         mib = estimate / 2**20
         if free is not None and estimate >= free / 2:
             operator.cache = False
             operator.clear_cache()
-            self._cache_bytes = 0
+            self._cache_bytes, self._cache_measured = 0, False
             self._warn(
                 f"hvp_cache='auto': the HVP sample's cached graphs would take about {mib:.0f} MiB, "
                 f"more than half of the {free / 2**20:.0f} MiB free, so every product recomputes "
@@ -397,6 +398,10 @@ class ArnoldiInfluence(ProjectedInfluence):
             "hvp_mode": mode,
             "hvp_cache": cache_note,
             "hvp_batches": len(batches) if isinstance(batches, list) else None,
+            # the cached double-backward graph per example, when it was measured (hvp_cache)
+            "graph_bytes_per_example": (
+                self._cache_bytes // max(sample.count, 1) if self._cache_measured else None
+            ),
             "basis": basis_note,
             "curvature": cfg.curvature,
             "num_examples": sample.count,

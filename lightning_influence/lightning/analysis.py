@@ -18,6 +18,7 @@ scores its shard of the dataset, the shards are gathered, and global zero writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
@@ -152,6 +153,33 @@ class WarmStart:
             return
         self.layout = tuple((n, tuple(s)) for n, s in zip(names, shapes, strict=True))
         self.vector = state["directions"].sum(0)
+
+
+# Examples per scoring batch when the analysis' batch size is left to it (``batch_size=None``).
+SCORING_BATCH = 256
+_SCORING_BATCH_BYTES = 256 * 2**20
+
+
+def scoring_parts(
+    parts: LoaderParts, config: AnalysisConfig, engine: ArnoldiInfluence
+) -> LoaderParts:
+    """The loader parts the scoring and the validation set use: the training loader's batch
+    size, raised to up to ``SCORING_BATCH`` examples when ``config.batch_size`` is None and the
+    memory per example is known to allow it: a float32 gradient of the selected parameters (the
+    projection routes' per-example work) and the HVP sample's cached graph per example (measured
+    by ``hvp_cache``), within 256 MiB per batch. Kept as they are when scores stream to shards
+    (laid out by batches, for resuming) or on XLA (static shapes), or when the graph was not
+    measured. Scores do not depend on the batch size (the model is in eval mode)."""
+    if config.batch_size is not None or config.shard_batches or engine.device.type == "xla":
+        return parts
+    graph = engine.fit_stats.get("graph_bytes_per_example")
+    if graph is None:
+        return parts
+    per_example = max(4 * engine.space.dim, int(graph), 1)
+    size = min(SCORING_BATCH, _SCORING_BATCH_BYTES // per_example)
+    if size <= parts.batch_size:
+        return parts
+    return dataclasses.replace(parts, batch_size=size)
 
 
 def fit_engine(
@@ -398,7 +426,9 @@ def run_analysis(
         timings["fit_seconds"] = time.perf_counter() - wall
         start = time.perf_counter()
         validation = None
+        parts = scoring_parts(parts, config, engine)
         if val_parts is not None:
+            val_parts = scoring_parts(val_parts, config, engine)
             validation = runtime.agree(
                 lambda: project_validation(runtime, engine, val_parts, config)
             )
@@ -458,6 +488,7 @@ def run_analysis(
         fit_stats=dict(engine.fit_stats),
         weights_sha256=weights,
         timings=timings,
+        scoring_batch_size=parts.batch_size,
         **(provenance or {}),
     )
     # Every rank names the same event: global zero's uid.

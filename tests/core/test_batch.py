@@ -12,7 +12,9 @@ def test_batches_join_in_order_up_to_the_limit():
     merged = merge_batches(parts, limit=7)
     assert [batch_size(b) for b in merged] == [6, 6, 3]
     torch.testing.assert_close(torch.cat([b[0] for b in merged]), torch.arange(15.0))
-    torch.testing.assert_close(torch.cat([b[1] for b in merged]), torch.arange(5).repeat_interleave(3))
+    torch.testing.assert_close(
+        torch.cat([b[1] for b in merged]), torch.arange(5).repeat_interleave(3)
+    )
 
 
 def test_only_batches_that_concatenate_are_joined():

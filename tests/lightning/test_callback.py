@@ -336,7 +336,8 @@ def test_batch_transfer_hooks_are_honoured(tmp_path):
     trainer = trainer_for(tmp_path, [callback], max_epochs=1)
     trainer.fit(model, train_dataloaders=DataLoader(DictData(), batch_size=8))
     training_batches = math.ceil(N / 8)
-    analysis_batches = math.ceil(24 / 8) + math.ceil(N / 8)  # HVP sample + scoring
+    scoring = callback.latest_event.manifest["scoring_batch_size"]  # raised when memory allows
+    analysis_batches = math.ceil(24 / 8) + math.ceil(N / scoring)  # HVP sample + scoring
     assert model.calls["before"] >= training_batches + analysis_batches
     assert model.calls["before"] == model.calls["transfer"] == model.calls["after"]
     assert callback.latest_event.self_influence.shape == (N,)
@@ -789,3 +790,29 @@ def test_the_epoch_time_is_the_training_pass_not_another_callbacks_analysis(tmp_
         batches,
         batches,
     ]
+
+
+# -- the analysis' batch size ------------------------------------------------------------------
+def test_scoring_batch_is_raised_where_memory_is_known_and_scores_do_not_change(tmp_path):
+    # The train loader's batch is 8; left to the analysis (batch_size=None) scoring uses up to
+    # 256 examples a batch once hvp_cache measured the memory per example; the same scores.
+    kwargs = {**FAST, "every_n_epochs": 0, "on_error": "raise"}  # hvp_cache="auto" measures
+    auto = InfluenceCallback(cross_entropy_loss, dirpath=str(tmp_path / "auto"), **kwargs)
+    fit(tmp_path / "a", auto, max_epochs=1)
+    fixed = InfluenceCallback(
+        cross_entropy_loss, dirpath=str(tmp_path / "fixed"), batch_size=8, **kwargs
+    )
+    fit(tmp_path / "b", fixed, max_epochs=1)
+    a, b = auto.latest_event, fixed.latest_event
+    assert a.manifest["scoring_batch_size"] == 256 and b.manifest["scoring_batch_size"] == 8
+    assert a.manifest["fit_stats"]["hvp_batches"] == 1  # the 24-example sample, joined
+    assert b.manifest["fit_stats"]["hvp_batches"] == 1  # 24 <= 256 examples: joined too
+    for name in ("self_influence", "loss"):
+        torch.testing.assert_close(a.signals[name], b.signals[name], rtol=1e-5, atol=1e-7)
+    # not measured (no cache) or streamed to shards: the train loader's batch
+    for extra in ({"hvp_cache": "off"}, {"shard_batches": 2}):
+        other = InfluenceCallback(
+            cross_entropy_loss, dirpath=str(tmp_path / str(extra)), **{**kwargs, **extra}
+        )
+        fit(tmp_path / "c", other, max_epochs=1)
+        assert other.latest_event.manifest["scoring_batch_size"] == 8
