@@ -778,7 +778,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--solver", default="lanczos")
     parser.add_argument("--n-iters", type=int, default=45)
     parser.add_argument("--top-k", type=int, default=30)
-    parser.add_argument("--restart-tol", type=float, default=1e-2)
+    parser.add_argument("--restart-tol", type=float, default=5e-2, help="default: the product's")
     parser.add_argument("--hvp-samples", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--workers", type=int, default=1, help="runs at once (processes)")

@@ -237,7 +237,7 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
             for name, (ap, p) in detection(event, flipped, count).items():
                 print(f"  {name:<40} AP {ap:.3f}   precision of the top {count} {p:.2f}")
         for arm, r in res.items():
-            line = f"  {arm:<12} test accuracy {r.accuracy:.4f}   ({r.seconds:.0f}s)"
+            line = f"  {arm:<12} test accuracy {r.accuracy:.4f}   ({r.seconds:.1f} s)"
             if r.dropped is not None:
                 p, rc = precision_recall(r.dropped, flipped)
                 line += f"   dropped {int(r.dropped.sum())} (precision {p:.2f}, recall {rc:.2f})"

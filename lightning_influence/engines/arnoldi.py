@@ -146,13 +146,17 @@ class ArnoldiInfluence(ProjectedInfluence):
         if not getattr(operator, "cache", False):
             return "off"
         estimator = getattr(operator, "cache_estimate", None)
-        if self.config.hvp_cache == "on" or estimator is None:
+        if estimator is None:
             return "on"
+        # measured under "on" too (batch 0's graph is built now instead of at the first
+        # product): the memory per example also sizes the scoring batches
         estimate = estimator(device)
         self._cache_bytes = estimate
         self._cache_measured = memory_in_use(device) > 0  # 0: the memory cannot be read
-        free = memory_available(device)
         mib = estimate / 2**20
+        if self.config.hvp_cache == "on":
+            return f"on (hvp_cache='on'): estimated {mib:.0f} MiB"
+        free = memory_available(device)
         if free is not None and estimate >= free / 2:
             operator.cache = False
             operator.clear_cache()
