@@ -145,10 +145,14 @@ def the_event(out: Path) -> Path:
 
 
 def written(out: Path) -> dict[str, int]:
-    """Complete shards per rank so far."""
+    """Complete shards per rank so far (none while the run's setup probes, creates and removes
+    its output folder: a glob then races with the removal)."""
     counts = {"rank-0-of-2": 0, "rank-1-of-2": 0}
-    for path in out.glob("*/*/scores/rank-*-of-2/shard-*.csv"):
-        counts[path.parent.name] += 1
+    try:
+        for path in out.glob("*/*/scores/rank-*-of-2/shard-*.csv"):
+            counts[path.parent.name] += 1
+    except FileNotFoundError:
+        return {"rank-0-of-2": 0, "rank-1-of-2": 0}
     return counts
 
 
