@@ -491,6 +491,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     row["wall_s"] = round(time.perf_counter() - wall0, 1)
     if task.get("runs_dir"):
         path = os.path.join(task["runs_dir"], _run_name(task) + ".json")
+        os.makedirs(task["runs_dir"], exist_ok=True)
         with open(path + ".tmp", "w") as fh:
             json.dump(row, fh, indent=1, default=str)
         os.replace(path + ".tmp", path)
