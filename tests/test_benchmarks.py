@@ -190,6 +190,32 @@ def test_pruning_quick(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_pruning_combines_signals_over_checkpoints(tmp_path):
+    pytest.importorskip(
+        "cleanlab", reason="the pruning benchmark's cleanlab arm needs the bench extra"
+    )
+    module = _load("pruning")
+    with pytest.raises(SystemExit):  # E=2 is not a multiple of 3
+        module.main(["--quick", "--detection-only", "--analyse-every", "3", "--out", str(tmp_path)])
+    module.main(["--quick", "--detection-only", "--analyse-every", "1", "--out", str(tmp_path)])
+    (run,) = _read(tmp_path, "pruning_quick")["runs"]
+    assert run["checkpoints"] == [1, 2]  # analyses after epochs 1 and 2; the single arms read 2
+    assert run["arms"] == {}
+    assert set(run["detection"]) == set(module.SIGNAL_ARMS) | set(module.CHECKPOINT_ARMS)
+    single = run["detection"]["self_influence"]["cost_epochs"]
+    assert single == pytest.approx(run["event"]["cost_epochs"])
+    for arm, (selection, how) in module.CHECKPOINT_ARMS.items():
+        d = run["detection"][arm]
+        assert 0 <= d["ap"] <= 1 and 0 <= d["auc"] <= 1, arm
+        assert (d["signals"], d["combine"]) == ([selection], how)
+        assert d["cost_epochs"] > single  # both analyses are paid for
+    md = (tmp_path / "pruning_quick.md").read_text()
+    assert "Analyses every 1 epochs up to E" in md
+    assert "| self_influence, mean over checkpoints |" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_speed_quick(tmp_path):
     _load("speed").main(["--quick", "--out", str(tmp_path)])
     payload = _read(tmp_path, "speed_quick")

@@ -45,6 +45,12 @@ Protocol ``retrain`` ("score at the end, retrain on the kept set"; ``--protocols
 noisy run trains ``--epochs`` epochs and is scored at the end (cleanlab: folds of that length); every
 arm then trains from scratch for ``--epochs`` epochs on its kept set.
 
+Signals over checkpoints (``--analyse-every N``, detection only): the noisy run is analysed after
+epochs ``N, 2N, ..., E`` instead of once; the single-analysis arms still read the analysis at
+``E``, and the arms of ``CHECKPOINT_ARMS`` combine every analysis' signal as
+``InfluenceDataModule(combine=...)`` would (``pruning.combine_scores``: the mean quantile, or each
+analysis' self-influence over its mean, summed), at the cost of all the analyses.
+
 Reported: detection AP and ROC AUC (scikit-learn) of every arm against the flipped labels, the
 clean test accuracy after pruning, the precision of the dropped set, the cost of each signal in
 training epochs (the event manifest's ``cost_epochs`` and ``timings``; loss, loss mean and AUM are
@@ -88,7 +94,8 @@ from lightning_influence.demo.data import load as load_digits_split
 from lightning_influence.demo.model import digits_cnn
 from lightning_influence.losses import cross_entropy_loss
 from lightning_influence.pruning import register_signal, signal_names, suspicion
-from lightning_influence.pruning.signals import resolve_selection
+from lightning_influence.pruning.functional import combine_scores
+from lightning_influence.pruning.signals import resolve_selection, signal_spec
 
 # Signals of this script, carried by an event of their own so that InfluenceDataModule drops by
 # them like by any product signal.
@@ -120,6 +127,14 @@ SIGNAL_ARMS: dict[str, Any] = {
     "rank(loss, validation_influence_min)": ["loss", "validation_influence_min"],
     "rank(aum, validation_influence_min)": ["aum", "validation_influence_min"],
     "auto (product default)": "auto",
+}
+# with --analyse-every N < E: signals combined over the analyses at epochs N, 2N, ..., E
+# (lightning_influence.pruning.combine_scores; the DataModule's combine="mean"/"normalized_sum")
+CHECKPOINT_ARMS: dict[str, tuple[str, str]] = {
+    "self_influence, mean over checkpoints": ("self_influence", "mean"),
+    "self_influence, normalized sum over checkpoints": ("self_influence", "normalized_sum"),
+    "validation_influence_min, mean over checkpoints": ("validation_influence_min", "mean"),
+    "auto, mean over checkpoints": ("auto", "mean"),
 }
 BASELINES = ("loss", "aum", "cleanlab")
 # dataset -> recipe
@@ -378,9 +393,10 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     }
     try:
         # 1. the noisy run to the scoring epoch, all the product's signals from one analysis
+        every = args.get("analyse_every") or score_epoch
         callback = InfluenceCallback(
             cross_entropy_loss,
-            every_n_epochs=score_epoch,
+            every_n_epochs=every,
             at_train_end=False,
             dirpath=os.path.join(root, "influence"),
             progress=False,
@@ -399,7 +415,13 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         ckpt = os.path.join(root, "scored.ckpt")
         trainer.save_checkpoint(ckpt)
         _strip(ckpt)
-        (event,) = callback.events
+        events = list(callback.events)
+        if len(events) != score_epoch // every or events[-1].epoch != score_epoch - 1:
+            raise RuntimeError(
+                f"expected analyses after epochs {list(range(every, score_epoch + 1, every))}, "
+                f"got {[e.epoch + 1 for e in events]}"
+            )
+        event = events[-1]  # the analysis at epoch E: every single-analysis arm reads it
         manifest = event.manifest
         epoch_s = manifest.get("epoch_seconds") or train_s / score_epoch
         row["event"] = {
@@ -445,6 +467,26 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
                 "signals": list(names),
                 "cost_epochs": cost,
             }
+        if len(events) > 1:
+            all_cost = sum(float(e.manifest.get("cost_epochs") or float("nan")) for e in events)
+            row["checkpoints"] = [e.epoch + 1 for e in events]
+            for arm, (selection, how) in CHECKPOINT_ARMS.items():
+                per_event = []
+                for e in events:
+                    names = resolve_selection(selection, list(e.signals))
+                    if how == "normalized_sum":  # each event's own values, not its ranks
+                        (name,) = names
+                        s = e.signals[name].double()
+                        per_event.append(s if signal_spec(name).suspect == "high" else -s)
+                    else:
+                        per_event.append(suspicion(e.signals, names))
+                score = combine_scores(per_event, how)
+                row["detection"][arm] = {
+                    **detection(score, flipped),
+                    "signals": [selection],
+                    "combine": how,
+                    "cost_epochs": all_cost,
+                }
         row["cleanlab_cost"] = {
             "nominal_epochs": 5 * score_epoch * 0.8,
             "cpu_seconds": round(clean_cpu, 1),
@@ -595,7 +637,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         acc: dict[str, dict[str, Any]] = {}
         for key in columns:
             cell_rows = [r for r in prow if f"{r['dataset']}/{r['setting']}" == key]
-            for arm in SIGNAL_ARMS:
+            present = [a for a in CHECKPOINT_ARMS if any(a in r.get("detection", {}) for r in prow)]
+            for arm in [*SIGNAL_ARMS, *present]:
                 d = [r["detection"][arm] for r in cell_rows if arm in r.get("detection", {})]
                 det.setdefault(arm, {})[key] = {
                     "ap": _stats([x["ap"] for x in d]),
@@ -614,8 +657,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     "n": len(a),
                 }
         verdict = {}
-        for arm in SIGNAL_ARMS:
-            if arm in BASELINES:
+        for arm in det:
+            if arm in BASELINES or any(det[arm][key]["ap"] is None for key in columns):
                 continue
             ok, margins = True, {}
             for key in columns:
@@ -647,13 +690,13 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], header: list[s
         ]
         table = [
             {"arm": arm, **{c: _cell(s["detection"][arm][c]["ap"]) for c in cols}}
-            for arm in SIGNAL_ARMS
+            for arm in s["detection"]
         ]
         md.append(markdown_table(table, ["arm", *cols]))
         md += ["", "### Detection ROC AUC (mean over seeds, min-max)", ""]
         table = [
             {"arm": arm, **{c: _cell(s["detection"][arm][c]["auc"]) for c in cols}}
-            for arm in SIGNAL_ARMS
+            for arm in s["detection"]
         ]
         md.append(markdown_table(table, ["arm", *cols]))
         md += ["", "### Cost of the signal in training epochs (mean over seeds)", ""]
@@ -669,7 +712,7 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], header: list[s
                     for c in cols
                 },
             }
-            for arm in SIGNAL_ARMS
+            for arm in s["detection"]
         ]
         md.append(markdown_table(table, ["arm", *cols]))
         md += ["", "### Clean test accuracy after pruning (mean over seeds, min-max)", ""]
@@ -781,6 +824,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--top-k", type=int, default=30)
     parser.add_argument("--restart-tol", type=float, default=5e-2, help="default: the product's")
     parser.add_argument("--hvp-samples", type=int, default=256)
+    parser.add_argument(
+        "--analyse-every",
+        type=int,
+        default=None,
+        help="also analyse every N epochs up to E (E a multiple of N) and add the arms combined "
+        "over those checkpoints (CHECKPOINT_ARMS); default: one analysis, at E",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--workers", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--runs-dir", default=None, help="keep each run's JSON here; resume")
@@ -793,6 +843,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.n_iters, args.top_k, args.hvp_samples, args.restart_tol = 12, 6, 128, 0.05
         args.train_arms = ["loss", "auto (product default)"]
     train_arms = list(SIGNAL_ARMS) if args.train_arms is None else args.train_arms
+    if args.analyse_every is not None:
+        for d in args.datasets:
+            for p in args.protocols:
+                e = args.score_epoch or RECIPES[d]["score_epoch"]
+                if p == "retrain":
+                    e = args.epochs or RECIPES[d]["epochs"]
+                if args.analyse_every < 1 or e % args.analyse_every:
+                    parser.error(
+                        f"--analyse-every {args.analyse_every}: {d}'s scoring epoch ({e}, "
+                        f"protocol {p}) is not a multiple of it"
+                    )
     for arm in train_arms:
         if arm not in SIGNAL_ARMS:
             parser.error(f"--train-arms {arm!r} is not one of {list(SIGNAL_ARMS)}")
@@ -813,6 +874,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "analysis": analysis,
         "train_arms": train_arms,
         "detection_only": args.detection_only,
+        "analyse_every": args.analyse_every,
     }
     recipe = {"epochs": args.epochs, "score_epoch": args.score_epoch}
     tasks = [
@@ -873,7 +935,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"batch {RECIPES[d]['batch_size']}"
             for d in args.datasets
         )
-        + f". Analysis (one per run, all signals): {analysis}. The validation set is a clean "
+        + (
+            f". Analysis (one per run, all signals): {analysis}."
+            if not args.analyse_every
+            else f". Analyses every {args.analyse_every} epochs up to E (all signals): "
+            f"{analysis}; the single-analysis arms read the analysis at E, the arms 'over "
+            "checkpoints' combine every analysis' (mean quantile, or each one's values over "
+            "their mean summed: `pruning.combine_scores`) and cost all of them."
+        )
+        + " The validation set is a clean "
         "held-out split (digits 180, MNIST 1,000 examples) disjoint from train and test. "
         "Dropped share: 20% (40% for uniform40); oracle drops the flipped labels. "
         f"Signal registry: {', '.join(signal_names())}. "
