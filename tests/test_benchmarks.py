@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -152,12 +153,21 @@ def test_pruning_quick(tmp_path):
     assert event["validation_examples"] == run["n_val"] > 0
     assert event["cost_epochs"] > 0 and event["timings"]["total_seconds"] > 0
     # detection: every arm has an AP and an AUC in [0, 1]; the oracle-free arms are scored
-    assert set(run["detection"]) == set(module.SIGNAL_ARMS)
+    candidates = {module.candidates_name(m): m for m in module.CANDIDATE_MULTIPLES}
+    assert set(run["detection"]) == set(module.SIGNAL_ARMS) | set(candidates)
     for arm, d in run["detection"].items():
         assert 0 <= d["ap"] <= 1 and 0 <= d["auc"] <= 1, arm
+        assert 0 <= d["precision_at_fraction"] <= 1, arm
         assert d["cost_epochs"] >= 0
     assert run["detection"]["loss"]["cost_epochs"] == 0 == run["detection"]["aum"]["cost_epochs"]
     assert run["detection"]["cleanlab"]["cost_epochs"] == pytest.approx(5 * 2 * 0.8)
+    # scoring only the candidates of the AUM: fewer examples scored, a lower estimated cost
+    full = run["detection"]["auto (product default)"]
+    for arm, multiple in candidates.items():
+        d = run["detection"][arm]
+        assert d["scored"] == math.ceil(multiple * 0.2 * run["n_train"]) < run["n_train"]
+        assert d["cost_epochs"] < full["cost_epochs"] == event["cost_epochs"]
+        assert d["signals"] == full["signals"]
     assert run["detection"]["auto (product default)"]["signals"] == [
         "aum",
         "validation_influence_min",
@@ -181,7 +191,11 @@ def test_pruning_quick(tmp_path):
     assert drop["columns"] == ["digits/pairs20"]
     for arm, cells in drop["detection"].items():
         assert 0 <= cells["digits/pairs20"]["ap"]["mean"] <= 1, arm
-    assert set(drop["verdict"]) == set(module.SIGNAL_ARMS) - {"loss", "aum", "cleanlab"}
+    assert set(drop["verdict"]) == (set(module.SIGNAL_ARMS) | set(candidates)) - {
+        "loss",
+        "aum",
+        "cleanlab",
+    }
     md = (tmp_path / "pruning_quick.md").read_text()
     assert "Command: `" in md and "### Detection AP" in md and "auto (product default)" in md
     # the trainers' folders went to a temporary folder inside --out, removed at the end
@@ -201,7 +215,10 @@ def test_pruning_combines_signals_over_checkpoints(tmp_path):
     (run,) = _read(tmp_path, "pruning_quick")["runs"]
     assert run["checkpoints"] == [1, 2]  # analyses after epochs 1 and 2; the single arms read 2
     assert run["arms"] == {}
-    assert set(run["detection"]) == set(module.SIGNAL_ARMS) | set(module.CHECKPOINT_ARMS)
+    candidates = {module.candidates_name(m) for m in module.CANDIDATE_MULTIPLES}
+    assert (
+        set(run["detection"]) == set(module.SIGNAL_ARMS) | set(module.CHECKPOINT_ARMS) | candidates
+    )
     single = run["detection"]["self_influence"]["cost_epochs"]
     assert single == pytest.approx(run["event"]["cost_epochs"])
     for arm, (selection, how) in module.CHECKPOINT_ARMS.items():

@@ -67,6 +67,7 @@ import argparse
 import gzip
 import json
 import logging
+import math
 import multiprocessing
 import os
 import pickle
@@ -136,6 +137,10 @@ CHECKPOINT_ARMS: dict[str, tuple[str, str]] = {
     "validation_influence_min, mean over checkpoints": ("validation_influence_min", "mean"),
     "auto, mean over checkpoints": ("auto", "mean"),
 }
+# issue 21, item 5 (evidence only, the product scores everything): the default computed on the
+# candidates only, the top m x fraction of the training set by the AUM (free); the others rank
+# below every candidate. Its cost is estimated: the analysis with scoring cut to the candidates.
+CANDIDATE_MULTIPLES = (2, 3)
 BASELINES = ("loss", "aum", "cleanlab")
 # dataset -> recipe
 RECIPES: dict[str, dict[str, Any]] = {
@@ -347,13 +352,36 @@ def _strip(path: str) -> None:
 
 
 # -- one run -----------------------------------------------------------------------------------------
-def detection(score: Tensor, flipped: Tensor) -> dict[str, float]:
+def detection(score: Tensor, flipped: Tensor, fraction: float | None = None) -> dict[str, float]:
+    """AP and ROC AUC of ``score`` against the flipped labels; with ``fraction``, also the share
+    of flipped labels among the top ``fraction`` of the examples (the set a drop would take)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     s = torch.nan_to_num(score.double(), nan=-np.inf).numpy()
     s = np.where(np.isfinite(s), s, np.nanmin(s[np.isfinite(s)]) - 1)
     t = flipped.numpy().astype(int)
-    return {"ap": float(average_precision_score(t, s)), "auc": float(roc_auc_score(t, s))}
+    out = {"ap": float(average_precision_score(t, s)), "auc": float(roc_auc_score(t, s))}
+    if fraction is not None:
+        top = np.argsort(-s, kind="stable")[: round(fraction * len(t))]
+        out["precision_at_fraction"] = float(t[top].mean())
+    return out
+
+
+def candidates_arm(
+    signals: dict[str, Tensor], flipped: Tensor, multiple: int, fraction: float
+) -> tuple[str, dict[str, Any]]:
+    """The default signal on the top ``multiple x fraction`` of the examples by the AUM only (the
+    rest rank below them): what scoring only the candidates would detect. Its name and detection
+    (AP, AUC, precision of the top ``fraction``, the count scored)."""
+    n = flipped.numel()
+    count = min(n, math.ceil(multiple * fraction * n))
+    candidates = torch.topk(suspicion(signals, ["aum"]), count).indices
+    subset = {k: v[candidates] for k, v in signals.items() if v.numel() == n}
+    names = resolve_selection("auto", list(subset))
+    score = torch.full((n,), -1.0, dtype=torch.float64)
+    score[candidates] = suspicion(subset, names)
+    out = {**detection(score, flipped, fraction), "signals": list(names), "scored": count}
+    return candidates_name(multiple), out
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -463,10 +491,20 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
             if any(n.startswith(("self_", "validation_")) for n in names):
                 cost += analysis_cost or float("nan")
             row["detection"][arm] = {
-                **detection(score, flipped),
+                **detection(score, flipped, fraction),
                 "signals": list(names),
                 "cost_epochs": cost,
             }
+        timings = manifest.get("timings") or {}
+        for multiple in CANDIDATE_MULTIPLES:
+            arm, d = candidates_arm(event.signals, flipped, multiple, fraction)
+            if timings and epoch_s:
+                scored = d["scored"] / len(flipped)
+                cut = timings["total_seconds"] - (1 - scored) * timings["scoring_seconds"]
+                d["cost_epochs"] = cut / epoch_s
+            else:
+                d["cost_epochs"] = float("nan")
+            row["detection"][arm] = d
         if len(events) > 1:
             all_cost = sum(float(e.manifest.get("cost_epochs") or float("nan")) for e in events)
             row["checkpoints"] = [e.epoch + 1 for e in events]
@@ -617,6 +655,10 @@ def _seeds_note(s: dict[str, Any], arm: str, column: str) -> str:
     return f" [{n} of {total} seeds]" if 0 < n < total else ""
 
 
+def candidates_name(multiple: int) -> str:
+    return f"auto, scoring the top {multiple}x fraction by aum"
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over seeds per (protocol, dataset/setting, arm), and the verdict of the goal."""
     out: dict[str, Any] = {}
@@ -637,12 +679,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         acc: dict[str, dict[str, Any]] = {}
         for key in columns:
             cell_rows = [r for r in prow if f"{r['dataset']}/{r['setting']}" == key]
-            present = [a for a in CHECKPOINT_ARMS if any(a in r.get("detection", {}) for r in prow)]
+            extra = [*CHECKPOINT_ARMS, *(candidates_name(m) for m in CANDIDATE_MULTIPLES)]
+            present = [a for a in extra if any(a in r.get("detection", {}) for r in prow)]
             for arm in [*SIGNAL_ARMS, *present]:
                 d = [r["detection"][arm] for r in cell_rows if arm in r.get("detection", {})]
                 det.setdefault(arm, {})[key] = {
                     "ap": _stats([x["ap"] for x in d]),
                     "auc": _stats([x["auc"] for x in d]),
+                    "precision": _stats(
+                        [x["precision_at_fraction"] for x in d if "precision_at_fraction" in x]
+                    ),
                     "cost_epochs": _stats([x["cost_epochs"] for x in d]),
                     "seeds": sorted(r["seed"] for r in cell_rows),
                 }
@@ -696,6 +742,17 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], header: list[s
         md += ["", "### Detection ROC AUC (mean over seeds, min-max)", ""]
         table = [
             {"arm": arm, **{c: _cell(s["detection"][arm][c]["auc"]) for c in cols}}
+            for arm in s["detection"]
+        ]
+        md.append(markdown_table(table, ["arm", *cols]))
+        md += [
+            "",
+            "### Precision of the top fraction by the signal (the set a drop takes; mean over "
+            "seeds, min-max)",
+            "",
+        ]
+        table = [
+            {"arm": arm, **{c: _cell(s["detection"][arm][c].get("precision")) for c in cols}}
             for arm in s["detection"]
         ]
         md.append(markdown_table(table, ["arm", *cols]))
