@@ -603,7 +603,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--mnist-full", action="store_true", help="also MNIST on all 60,000")
     parser.add_argument(
-        "--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="A B C D E F R G H"
+        "--configs",
+        nargs="+",
+        default=list(CONFIGS),
+        choices=list(CONFIGS),
+        help="A B C D E F R G H",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
