@@ -25,8 +25,9 @@ configuration analyses the same weights: the manifests' ``weights_sha256`` are c
 * ``R``: the reference for B-F's eigenvalues: Arnoldi ``n_iters=200``, ``top_k=100`` on their
   256-example sample (A's sample has 512 examples, so "agreement with A" mixes the sample with
   the solver; "with R" is the solver alone);
-* ``G``: the default on the morning of 2026-12-07: B with ``restart_tol=5e-2``.
-* ``H``: the default since: G on 128 HVP examples (``hvp_samples=128``).
+* ``G``: the default since 2026-12-07: B with ``restart_tol=5e-2``.
+* ``H``: G on 128 HVP examples (``hvp_samples=128``; measured, not the default: it pruned worse on
+  digits class pairs, ``results/pruning_digits_accuracy_s{128,256}.md``).
 
 Each configuration's top-10 eigenvalues (by ``|lambda|``, paired by rank) are compared with A's
 (max relative difference), beside the largest relative Ritz residual of its top 10. The memory of
@@ -114,9 +115,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "F": {**_B, "top_k": 10, "n_iters": 15, "batch_size": 256},
     # the reference for B-E's eigenvalues: Arnoldi n=200 on their own HVP sample (A's has 512)
     "R": {"solver": "arnoldi", "n_iters": 200, "top_k": 100, "hvp_samples": 256, "hvp_cache": True},
-    # the default on the morning of 2026-12-07: B at restart_tol=5e-2 (the pruning benchmark)
+    # the default since 2026-12-07: B at restart_tol=5e-2 (the pruning benchmark)
     "G": {**_B, "restart_tol": 5e-2},
-    # the default since 2026-12-07 (afternoon): G on 128 HVP examples (the pruning benchmark)
+    # G on 128 HVP examples (measured; not the default, see the module docstring)
     "H": {**_B, "restart_tol": 5e-2, "hvp_samples": 128},
 }
 # --quick: the same shapes at tiny sizes (seconds).
@@ -140,8 +141,8 @@ ROLES = {
     "E": "B, batch 256",
     "F": "C and E together",
     "R": "reference for B-E",
-    "G": "the default on 2026-12-07 (morning): B at tol 5e-2",
-    "H": "the default since 2026-12-07 (afternoon): G on 128 HVP examples",
+    "G": "the default since 2026-12-07: B at tol 5e-2",
+    "H": "G on 128 HVP examples",
 }
 
 

@@ -191,7 +191,7 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     parser.add_argument("--n-iters", type=int, default=45, help="Lanczos basis size")
     parser.add_argument("--top-k", type=int, default=30)
     parser.add_argument(
-        "--hvp-samples", type=int, default=128, help="the product default; 0: the whole train set"
+        "--hvp-samples", type=int, default=256, help="the product default; 0: the whole train set"
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
