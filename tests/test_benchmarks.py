@@ -225,6 +225,7 @@ def test_pruning_combines_signals_over_checkpoints(tmp_path):
         d = run["detection"][arm]
         assert 0 <= d["ap"] <= 1 and 0 <= d["auc"] <= 1, arm
         assert (d["signals"], d["combine"]) == ([selection], how)
+        assert 0 <= d["precision_at_fraction"] <= 1
         assert d["cost_epochs"] > single  # both analyses are paid for
     md = (tmp_path / "pruning_quick.md").read_text()
     assert "Analyses every 1 epochs up to E" in md

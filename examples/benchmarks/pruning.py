@@ -520,7 +520,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
                         per_event.append(suspicion(e.signals, names))
                 score = combine_scores(per_event, how)
                 row["detection"][arm] = {
-                    **detection(score, flipped),
+                    **detection(score, flipped, fraction),
                     "signals": [selection],
                     "combine": how,
                     "cost_epochs": all_cost,
