@@ -677,10 +677,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         )
         det: dict[str, dict[str, Any]] = {}
         acc: dict[str, dict[str, Any]] = {}
+        extra = [*CHECKPOINT_ARMS, *(candidates_name(m) for m in CANDIDATE_MULTIPLES)]
+        present = [a for a in extra if any(a in r.get("detection", {}) for r in prow)]
         for key in columns:
             cell_rows = [r for r in prow if f"{r['dataset']}/{r['setting']}" == key]
-            extra = [*CHECKPOINT_ARMS, *(candidates_name(m) for m in CANDIDATE_MULTIPLES)]
-            present = [a for a in extra if any(a in r.get("detection", {}) for r in prow)]
             for arm in [*SIGNAL_ARMS, *present]:
                 d = [r["detection"][arm] for r in cell_rows if arm in r.get("detection", {})]
                 det.setdefault(arm, {})[key] = {
@@ -719,6 +719,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _detection_table(s: dict[str, Any], stat: str) -> str:
+    """One row per detection arm, one ``_cell`` per column: the ``stat`` of ``summarize``."""
+    cols = s["columns"]
+    table = [
+        {"arm": arm, **{c: _cell(cells[c].get(stat)) for c in cols}}
+        for arm, cells in s["detection"].items()
+    ]
+    return markdown_table(table, ["arm", *cols])
+
+
 def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], header: list[str]) -> str:
     md = list(header)
     for protocol, s in summary.items():
@@ -734,28 +744,16 @@ def markdown(summary: dict[str, Any], rows: list[dict[str, Any]], header: list[s
             "### Detection AP of the flipped labels (mean over seeds, min-max)",
             "",
         ]
-        table = [
-            {"arm": arm, **{c: _cell(s["detection"][arm][c]["ap"]) for c in cols}}
-            for arm in s["detection"]
-        ]
-        md.append(markdown_table(table, ["arm", *cols]))
+        md.append(_detection_table(s, "ap"))
         md += ["", "### Detection ROC AUC (mean over seeds, min-max)", ""]
-        table = [
-            {"arm": arm, **{c: _cell(s["detection"][arm][c]["auc"]) for c in cols}}
-            for arm in s["detection"]
-        ]
-        md.append(markdown_table(table, ["arm", *cols]))
+        md.append(_detection_table(s, "auc"))
         md += [
             "",
             "### Precision of the top fraction by the signal (the set a drop takes; mean over "
             "seeds, min-max)",
             "",
         ]
-        table = [
-            {"arm": arm, **{c: _cell(s["detection"][arm][c].get("precision")) for c in cols}}
-            for arm in s["detection"]
-        ]
-        md.append(markdown_table(table, ["arm", *cols]))
+        md.append(_detection_table(s, "precision"))
         md += ["", "### Cost of the signal in training epochs (mean over seeds)", ""]
         table = [
             {
