@@ -400,7 +400,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     total, score_epoch = recipe["epochs"], recipe["score_epoch"]
     if protocol == "retrain":
         score_epoch = total
-    fraction = SETTINGS[setting][2]
+    fraction = args.get("drop") or SETTINGS[setting][2]
     wall0 = time.perf_counter()
     split = clean_split(dataset, seed)
     noise_info = make_noise(split, dataset, setting, seed)
@@ -886,6 +886,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also analyse every N epochs up to E (E a multiple of N) and add the arms combined "
         "over those checkpoints (CHECKPOINT_ARMS); default: one analysis, at E",
     )
+    parser.add_argument(
+        "--drop",
+        type=float,
+        default=None,
+        help="the dropped share (and the candidates' unit) for every setting; default: the "
+        "setting's (20%%, 40%% for uniform40)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--workers", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--runs-dir", default=None, help="keep each run's JSON here; resume")
@@ -930,6 +937,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_arms": train_arms,
         "detection_only": args.detection_only,
         "analyse_every": args.analyse_every,
+        "drop": args.drop,
     }
     recipe = {"epochs": args.epochs, "score_epoch": args.score_epoch}
     tasks = [
@@ -1000,7 +1008,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         + " The validation set is a clean "
         "held-out split (digits 180, MNIST 1,000 examples) disjoint from train and test. "
-        "Dropped share: 20% (40% for uniform40); oracle drops the flipped labels. "
+        + (
+            "Dropped share: 20% (40% for uniform40)"
+            if args.drop is None
+            else f"Dropped share: {args.drop:g} in every setting (--drop)"
+        )
+        + "; oracle drops the flipped labels. "
         f"Signal registry: {', '.join(signal_names())}. "
         "`auto (product default)` is what `PruningConfig(signal='auto')` resolves to on these "
         "events. Costs in training epochs: the analysis' `cost_epochs` from its manifest (wall "
