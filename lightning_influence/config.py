@@ -487,6 +487,16 @@ class AnalysisConfig(ArnoldiConfig):
             "use a seeded random subset of this many validation examples; None: all of them."
         ),
     )
+    score_candidates: float | None = field(
+        default=3.0,
+        metadata=_help(
+            "when an InfluenceDataModule prunes by a signal of the analysis (its 'auto', "
+            "validation or self-influence), compute the influence signals only for the "
+            "score_candidates x fraction share of the training set that the AUM ranks most "
+            "suspect (>= 1); the other examples get NaN influence signals and rank below every "
+            "scored one. None (or no such pruning, no AUM, shard_batches): score every example."
+        ),
+    )
     warm_start: bool = field(
         default=True,
         metadata=_help(
@@ -579,6 +589,17 @@ class AnalysisConfig(ArnoldiConfig):
         _int("log_top_n", self.log_top_n, 0, "0 shows no examples")
         _int("max_events", self.max_events, 1, "None keeps every event", True)
         _int("shard_batches", self.shard_batches, 1, "None scores in memory", True)
+        candidates = self.score_candidates
+        if candidates is not None and (
+            isinstance(candidates, bool)
+            or not isinstance(candidates, (int, float))
+            or not candidates >= 1
+        ):
+            raise ValueError(
+                f"score_candidates={candidates!r} must be a number >= 1 (the scored share of the "
+                "training set in multiples of the pruning fraction, e.g. 3) or None (score every "
+                "example)"
+            )
         if self.max_eigenpairs_mb is not None and not self.max_eigenpairs_mb >= 0:
             raise ValueError(
                 f"max_eigenpairs_mb={self.max_eigenpairs_mb!r} must be >= 0 (MiB; 0 never saves "

@@ -28,6 +28,9 @@ configuration analyses the same weights: the manifests' ``weights_sha256`` are c
 * ``G``: the default since 2026-12-07: B with ``restart_tol=5e-2``.
 * ``H``: G on 128 HVP examples (``hvp_samples=128``; measured, not the default: it pruned worse on
   digits class pairs, ``results/pruning_digits_accuracy_s{128,256}.md``).
+* ``I``: G in a run that prunes (``InfluenceDataModule(fraction=0.1)``, the ``PruningConfig``
+  default, instead of 0): the default ``score_candidates=3`` then scores the influence of only the
+  30% of the examples that the AUM ranks most suspect (the column ``scored``).
 
 Each configuration's top-10 eigenvalues (by ``|lambda|``, paired by rank) are compared with A's
 (max relative difference), beside the largest relative Ritz residual of its top 10. The memory of
@@ -119,6 +122,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "G": {**_B, "restart_tol": 5e-2},
     # G on 128 HVP examples (measured; not the default, see the module docstring)
     "H": {**_B, "restart_tol": 5e-2, "hvp_samples": 128},
+    # G in a run that prunes 10%: the default score_candidates=3 scores 30% of the examples
+    "I": {**_B, "restart_tol": 5e-2, "fraction": 0.1},
 }
 # --quick: the same shapes at tiny sizes (seconds).
 _QB = {**_B, "n_iters": 14, "top_k": 8, "hvp_samples": 64}
@@ -132,6 +137,7 @@ QUICK_CONFIGS: dict[str, dict[str, Any]] = {
     "R": {"solver": "arnoldi", "n_iters": 24, "top_k": 12, "hvp_samples": 64, "hvp_cache": True},
     "G": {**_QB, "restart_tol": 5e-2},
     "H": {**_QB, "restart_tol": 5e-2, "hvp_samples": 32},
+    "I": {**_QB, "restart_tol": 5e-2, "fraction": 0.1},
 }
 ROLES = {
     "A": "the default before 2026-12-06",
@@ -143,6 +149,7 @@ ROLES = {
     "R": "reference for B-E",
     "G": "the default since 2026-12-07: B at tol 5e-2",
     "H": "G on 128 HVP examples",
+    "I": "G in a run that prunes 10%: influence for the top 30% by AUM",
 }
 
 
@@ -154,6 +161,8 @@ def describe(key: str, fields: dict[str, Any]) -> str:
     text += " cache" if fields.get("hvp_cache") else " no-cache"
     if fields.get("batch_size"):
         text += f" batch={fields['batch_size']}"
+    if fields.get("fraction"):
+        text += f" prune={fields['fraction']:g}"
     return f"{text} ({ROLES[key]})" if ROLES[key] else text
 
 
@@ -372,12 +381,12 @@ def run_config(
     model = setting.build()
     dm = InfluenceDataModule(
         Loaders(setting.train_set, setting.batch_size, setting.collate_fn),
-        fraction=0.0,
+        fraction=fields.get("fraction", 0.0),
         labels=setting.labels,
         seed=seed,
     )
     val_loader = DataLoader(setting.val_set, batch_size=256, collate_fn=setting.collate_fn)
-    config = AnalysisConfig(**fields)
+    config = AnalysisConfig(**{k: v for k, v in fields.items() if k != "fraction"})
     callback = InfluenceCallback(
         setting.loss_fn,
         config,
@@ -443,6 +452,7 @@ def run_config(
         "route_notes": manifest.get("projection_notes"),
         "num_params": manifest.get("num_params"),
         "num_examples": manifest.get("num_examples"),
+        "scored_examples": manifest.get("scored_examples", manifest.get("num_examples")),
         "hvp_examples": manifest.get("hvp_examples"),
         "validation_examples": manifest.get("validation_examples"),
         "weights_sha256": manifest.get("weights_sha256"),
@@ -507,7 +517,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "manifest's `timings` over the same epoch (`rest` = total minus the four phases); "
         "**callback** = the whole callback hook (TensorBoard logging included) in wall epochs, "
         "**cpu** = the same in CPU seconds of this process over the epoch's. products = Hessian-"
-        "vector products of the fit; route = the scoring projection; eig vs A = max relative "
+        "vector products of the fit; scored = the examples whose influence was computed; route = "
+        "the scoring projection; eig vs A = max relative "
         "difference of the top-10 eigenvalues (by |lambda|, paired by rank) with A's (A's "
         "HVP sample has 512 examples, B-E's 256: this mixes the sample with the solver), eig vs "
         "R = the same against R (Arnoldi n=200 on B-E's own sample: the solver alone); resid = "
@@ -527,6 +538,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "callback",
         "cpu",
         "products",
+        "scored",
         "route",
         "eig vs A",
         "eig vs R",
@@ -558,6 +570,7 @@ def markdown(payload: dict[str, Any]) -> str:
                     "callback": r["callback_epochs"],
                     "cpu": r["callback_cpu_epochs"],
                     "products": r["products"],
+                    "scored": r.get("scored_examples", r["num_examples"]),
                     "route": r["route"],
                     "eig vs A": r["top10_max_rel_diff_vs_A"],
                     "eig vs R": r["top10_max_rel_diff_vs_R"],

@@ -21,7 +21,10 @@ LOSSES = ("auto", "cross_entropy", "mse")
 
 # The AnalysisConfig fields with a meaning for one checkpoint: what is computed and how. The
 # "schedule" fields (when a training run analyses) have none, and progress is --no-progress.
-CLI_FIELDS = field_names(AnalysisConfig, "result", "execution")
+# score_candidates needs a training run's pruning plan (InfluenceDataModule): a checkpoint has none.
+CLI_FIELDS = tuple(
+    n for n in field_names(AnalysisConfig, "result", "execution") if n != "score_candidates"
+)
 
 _MAIN_EPILOG = """\
 examples:

@@ -113,6 +113,7 @@ def run_arm(arm: str, data: Digits, seed: int, args: argparse.Namespace) -> ArmR
             batch_size=256,  # the analysis' loader: a small CNN is analysed faster in big batches
             seed=seed,
             max_events=args.max_events,
+            score_candidates=args.score_candidates or None,
         )
         callbacks.append(influence)
     losses = LossScores(args.score_every, feed=arm == "loss-pruned") if pruning else None
@@ -158,20 +159,29 @@ def top_precision_recall(scores: Tensor, flipped: Tensor, count: int) -> tuple[f
     return precision_recall(dropped, flipped)
 
 
-def detection(event: ScoringEvent, flipped: Tensor, count: int) -> dict[str, tuple[float, float]]:
+def detection(
+    event: ScoringEvent, flipped: Tensor, count: int, loss: Tensor | None = None
+) -> dict[str, tuple[float, float]]:
     """Average precision and top-``count`` precision of the event's signals against the flipped
-    labels: the default (``signal="auto"``) first, then the loss, the AUM and self-influence."""
+    labels: the default (``signal="auto"``) first, then the loss (``loss``: every example's,
+    when the analysis scored only the candidates), the AUM and self-influence. An example an
+    analysis did not score (NaN) ranks below every scored one, as in the pruning plan."""
     from sklearn.metrics import average_precision_score
 
     from lightning_influence.pruning import suspicion
     from lightning_influence.pruning.signals import resolve_selection
 
+    signals = dict(event.signals) if loss is None else {**event.signals, "loss": loss}
     rows: dict[str, tuple[float, float]] = {}
-    default = resolve_selection("auto", list(event.signals))
+    default = resolve_selection("auto", list(signals))
     arms = [("default: " + " + ".join(default), default)]
-    arms += [(n, (n,)) for n in ("loss", "aum", "self_influence") if n in event.signals]
+    arms += [(n, (n,)) for n in ("loss", "aum", "self_influence") if n in signals]
     for label, names in arms:
-        score = suspicion(event.signals, list(names))
+        score = suspicion(signals, list(names))
+        if bool(torch.isnan(score).any()):
+            finite = score[~torch.isnan(score)]
+            low = float(finite.min()) - 1.0 if finite.numel() else 0.0
+            score = torch.nan_to_num(score, nan=low)
         ap = float(average_precision_score(flipped.numpy(), score.numpy()))
         rows[label] = (ap, top_precision_recall(score, flipped, count)[0])
     return rows
@@ -190,6 +200,12 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     parser.add_argument("--max-events", type=int, default=None)
     parser.add_argument("--n-iters", type=int, default=45, help="Lanczos basis size")
     parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument(
+        "--score-candidates",
+        type=float,
+        default=3.0,
+        help="the product default: influence for the top 3 x fraction by AUM; 0: every example",
+    )
     parser.add_argument(
         "--hvp-samples", type=int, default=256, help="the product default; 0: the whole train set"
     )
@@ -231,12 +247,19 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
             count = int(args.fraction * len(flipped))
             event = pruned.si_event
             cost = event.manifest.get("cost_epochs")
+            scored = event.manifest.get("scored_examples", len(flipped))
             print(
                 f"analysed at epoch {event.epoch}"
                 + (f" (cost: {cost:.1f} training epochs)" if cost is not None else "")
+                + (
+                    f", influence for the {scored} most suspect by AUM"
+                    if scored < len(flipped)
+                    else ""
+                )
                 + f"; finding the {int(flipped.sum())} flipped labels:"
             )
-            for name, (ap, p) in detection(event, flipped, count).items():
+            loss = pruned.loss_event.signals["loss"] if pruned.loss_event is not None else None
+            for name, (ap, p) in detection(event, flipped, count, loss).items():
                 print(f"  {name:<40} AP {ap:.3f}   precision of the top {count} {p:.2f}")
         for arm, r in res.items():
             line = f"  {arm:<12} test accuracy {r.accuracy:.4f}   ({r.seconds:.1f} s)"

@@ -362,6 +362,7 @@ def run_analysis(
     epoch_seconds: float | None = None,
     view: Callable[[ScoringEvent], tuple[tuple[str, Tensor] | None, Tensor | None]] | None = None,
     warm: WarmStart | None = None,
+    candidates: Tensor | None = None,
 ) -> ScoringEvent:
     """Analyse the training set of ``loader`` at the runtime's current weights; call it on every rank.
 
@@ -389,6 +390,9 @@ def run_analysis(
             examples are marked, the grid shows the top of the kept set).
         warm: the run's ``WarmStart``: the fit starts from the previous analysis' eigenvectors
             (with ``config.warm_start``) and leaves its own there for the next.
+        candidates: sorted dataset indices to score (global zero's are used on every rank); the
+            other examples get NaN in every signal the analysis computes (``extra_signals`` are
+            kept whole). None scores every example. Ignored with ``config.shard_batches``.
 
     Returns:
         The event, written and logged (on global zero) and identical on every rank.
@@ -415,6 +419,8 @@ def run_analysis(
             return runtime.agree(lambda: read_event(folder))
 
     streamed = folder / "scores" if config.shard_batches else None
+    scored = _scored_indices(runtime, candidates if streamed is None else None, num_examples)
+    num_scored = num_examples if scored is None else len(scored)
     timings: dict[str, float] = {}
     wall = time.perf_counter()
     # inference_mode off for the whole analysis, not only the engine's autograd: event tensors
@@ -434,9 +440,10 @@ def run_analysis(
             )
         timings["validation_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
+        positions = score_shard(num_scored, runtime.world_size, runtime.rank)
         shard = ordered_loader(
             parts,
-            score_shard(num_examples, runtime.world_size, runtime.rank),
+            positions if scored is None else scored[positions].tolist(),
             num_workers=config.num_workers,
         )
         if streamed is None:
@@ -456,7 +463,7 @@ def run_analysis(
                 )
             )
         signals = {
-            name: runtime.gather(value.double())[:num_examples].cpu().contiguous()
+            name: _spread(runtime.gather(value.double())[:num_scored].cpu(), scored, num_examples)
             for name, value in local.items()
         }
         timings["scoring_seconds"] = time.perf_counter() - start
@@ -489,6 +496,7 @@ def run_analysis(
         weights_sha256=weights,
         timings=timings,
         scoring_batch_size=parts.batch_size,
+        scored_examples=num_scored,
         **(provenance or {}),
     )
     # Every rank names the same event: global zero's uid.
@@ -520,6 +528,32 @@ def run_analysis(
                 stacklevel=2,
             )
     return event
+
+
+def _scored_indices(runtime: Runtime, candidates: Tensor | None, num: int) -> Tensor | None:
+    """Global zero's candidates (sorted, unique, within ``[0, num)``) on every rank, or None."""
+    chosen = None
+    if candidates is not None:
+        chosen = torch.unique(torch.as_tensor(candidates, dtype=torch.long).flatten().cpu())
+        if chosen.numel() == 0 or int(chosen[0]) < 0 or int(chosen[-1]) >= num:
+            span = f"[{int(chosen[0])}, {int(chosen[-1])}]" if chosen.numel() else "none"
+            raise ConfigurationError(
+                f"candidates must be at least one dataset index in [0, {num}); got "
+                f"{chosen.numel()} in {span}"
+            )
+    listed = runtime.broadcast(None if chosen is None else chosen.tolist())
+    if listed is None or len(listed) == num:
+        return None
+    return torch.tensor(listed, dtype=torch.long)
+
+
+def _spread(values: Tensor, scored: Tensor | None, num: int) -> Tensor:
+    """``[num]`` signal values: ``values`` at the ``scored`` indices, NaN elsewhere."""
+    if scored is None:
+        return values.contiguous()
+    full = torch.full((num,), float("nan"), dtype=values.dtype)
+    full[scored] = values
+    return full
 
 
 def _cost(total: float, epoch_seconds: float | None) -> dict[str, Any]:

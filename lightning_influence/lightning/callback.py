@@ -459,6 +459,16 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
             return None, None
         return dm.ranking(event.signals), dm.keep_mask
 
+    def _candidates(self, free: dict[str, Tensor], validation: bool) -> Tensor | None:
+        """The examples to score (``score_candidates``): None scores every one."""
+        dm = self._datamodule
+        if dm is None or self.config.score_candidates is None or self.config.shard_batches:
+            return None
+        analysed = ["self_influence", "loss"]
+        if validation:
+            analysed += ["validation_influence", "validation_influence_min"]
+        return dm.scoring_candidates(free, analysed, self.config.score_candidates)
+
     def _validation_loader(self, trainer: pl.Trainer) -> Any:
         if self.config.validation == "off":
             return None
@@ -489,6 +499,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         if validation is not None:
             warn_if_overlapping(loader, validation)
         extra = self._dynamics.signals() if self._dynamics is not None else {}
+        candidates = self._candidates(extra, validation is not None)
         try:
             event = run_analysis(
                 Runtime.of(trainer, pl_module, self.progress),
@@ -508,6 +519,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
                 epoch_seconds=self._epoch_seconds,
                 view=self._view,
                 warm=self._warm,
+                candidates=candidates,
             )
         except (MisconfigurationException, ConfigurationError):
             raise

@@ -50,7 +50,12 @@ from lightning_influence.lightning.namespaces import (
     MisconfigurationException,
 )
 from lightning_influence.lightning.sampler import InfluenceSampler
-from lightning_influence.pruning.plan import SamplingPlan, plan_events, plan_for
+from lightning_influence.pruning.plan import (
+    SamplingPlan,
+    plan_events,
+    plan_for,
+    scoring_candidates,
+)
 from lightning_influence.pruning.signals import resolve_selection, signal_spec, suspicion
 
 __all__ = ["InfluenceDataModule", "PruneMode"]
@@ -405,6 +410,17 @@ class InfluenceDataModule(DelegatingDataModule):
         except (KeyError, ValueError):
             return None
         return " + ".join(names), suspicion(signals, names)
+
+    def scoring_candidates(
+        self, free: dict[str, Tensor], analysed: Sequence[str], multiple: float | None
+    ) -> Tensor | None:
+        """The dataset indices an analysis feeding this plan must score (None: all of them):
+        ``lightning_influence.pruning.plan.scoring_candidates`` for this wrapper's config and
+        keep-mask."""
+        if self._size is None:
+            return None
+        kept = self._plan.keep if self._plan is not None else None
+        return scoring_candidates(self.config, free, analysed, multiple, kept=kept)
 
     def needs_validation(self) -> list[str]:
         """The selected signals that only a validation set gives (empty for ``"auto"``, which

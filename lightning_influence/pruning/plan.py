@@ -7,7 +7,8 @@ testable without a Trainer. ``InfluenceDataModule`` calls ``plan_for`` before ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from lightning_influence.io.events import ScoringEvent
 from lightning_influence.pruning.functional import combine_scores, drop_mask, reweight
 from lightning_influence.pruning.signals import resolve_selection, suspicion
 
-__all__ = ["SamplingPlan", "plan_events", "plan_for"]
+__all__ = ["SamplingPlan", "plan_events", "plan_for", "scoring_candidates"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,62 @@ def plan_for(
         min_per_class=config.min_per_class,
     )
     return SamplingPlan(size, weights=weights, scores=scores, events=uids, signal=names)
+
+
+def scoring_candidates(
+    config: PruningConfig,
+    free: Mapping[str, Tensor],
+    analysed: Sequence[str],
+    multiple: float | None,
+    *,
+    kept: Tensor | None = None,
+) -> Tensor | None:
+    """The dataset indices (sorted) an analysis must score for a plan by ``config``, or None
+    when it must score every example.
+
+    A plan drops (or down-weights) ``fraction x N`` examples. When its signal needs the analysis
+    (an influence signal among ``analysed``, the names the analysis will add), only the examples
+    that the free AUM already ranks among the most suspect ``multiple x fraction x N`` can be
+    among them in practice: they are the candidates (with every example the AUM has not seen, and
+    in cumulative drop mode as many more as are already dropped). The others keep NaN influence
+    signals, which rank below every scored example, so the plan drops among the candidates only.
+    Measured (``examples/benchmarks/pruning.py``, candidates arms): at ``multiple=3`` the default
+    signal's detection stays within 0.011 AP on digits and 0.003 on MNIST 10k.
+
+    Args:
+        config: the plan's configuration (signal, fraction, mode).
+        free: the signals known before the analysis (the training dynamics: ``aum``, ...).
+        analysed: the signals the analysis will compute.
+        multiple: the candidates in multiples of ``fraction``; None: every example.
+        kept: the plan in force's keep-mask (cumulative drop mode drops from the kept).
+
+    Example:
+        >>> aum = torch.tensor([2.0, -1.0, 0.5, 3.0, -0.2, 1.0, 2.5, 0.1, 1.5, 2.2])
+        >>> cfg = PruningConfig(fraction=0.1)
+        >>> scoring_candidates(cfg, {"aum": aum}, ["validation_influence_min"], 3).tolist()
+        [1, 4, 7]
+        >>> scoring_candidates(PruningConfig(signal="aum", fraction=0.1), {"aum": aum}, [], 3)
+    """
+    if multiple is None or config.fraction <= 0 or "aum" not in free:
+        return None
+    try:
+        names = resolve_selection(config.signal, [*free, *analysed])
+    except (KeyError, ValueError):
+        return None
+    if all(n in free for n in names):
+        return None  # the plan does not read the analysis
+    aum = free["aum"].detach().cpu().double()
+    size = aum.numel()
+    count = math.ceil(multiple * config.fraction * size - 1e-9)  # 3 x 0.1 x 10 is 3, not 4
+    if config.mode == "drop" and config.cumulative and kept is not None:
+        count += int((~kept.bool()).sum())
+    if count >= size:
+        return None
+    unseen = torch.isnan(aum)
+    order = torch.sort(-torch.where(unseen, torch.full_like(aum, -math.inf), -aum), stable=True)
+    chosen = torch.zeros(size, dtype=torch.bool)
+    chosen[order.indices[:count]] = True
+    chosen |= unseen
+    if bool(chosen.all()):
+        return None
+    return torch.nonzero(chosen).flatten()

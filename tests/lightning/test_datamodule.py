@@ -673,3 +673,87 @@ def test_resume_rebuilds_the_plan_from_the_event_folders(tmp_path):
         InfluenceDataModule(ToyData(), fraction=0.25).load_state_dict(
             {"wrapped": {"token": "x"}, "influence": state}
         )
+
+
+# -- scoring only the candidates (AnalysisConfig.score_candidates) -----------------------------
+def test_the_analysis_scores_only_the_candidates_and_they_equal_a_full_analysis(tmp_path):
+    from lightning_influence.pruning import drop_mask
+
+    pruning = _callback(name="pruning")  # score_candidates=3 by default
+    full = _callback(name="full")  # feeds no plan: scores every example
+    dm = InfluenceDataModule(ToyData(), fraction=0.1, source=pruning)
+    model = Classifier()
+    make_trainer(tmp_path, [pruning, full], max_epochs=2).fit(model, datamodule=dm)
+    for ours, theirs in zip(pruning.events, full.events, strict=True):
+        assert ours.manifest["scored_examples"] == 12  # ceil(3 x 0.1 x 40)
+        assert theirs.manifest["scored_examples"] == N
+        # the 12 lowest AUMs, which the training dynamics gives whole
+        torch.testing.assert_close(ours.signals["aum"], theirs.signals["aum"])
+        candidates = torch.argsort(ours.signals["aum"])[:12].sort().values
+        scored = torch.nonzero(~torch.isnan(ours.self_influence)).flatten()
+        assert scored.tolist() == candidates.tolist()
+        for name in ("self_influence", "loss", "validation_influence_min"):
+            torch.testing.assert_close(
+                ours.signals[name][candidates], theirs.signals[name][candidates], rtol=1e-5, atol=0
+            )
+            assert bool(torch.isnan(ours.signals[name]).sum() == N - 12)
+        torch.testing.assert_close(ours.eigenvalues, theirs.eigenvalues)
+    # the plan in force (made from epoch 0's event, for epoch 1) drops among its candidates, by
+    # the default signal over them
+    first = pruning.events[0]
+    assert sorted(model.seen[1]) == torch.nonzero(dm.keep_mask).flatten().tolist()
+    dropped = set(torch.nonzero(~dm.keep_mask).flatten().tolist())
+    scored = set(torch.nonzero(~torch.isnan(first.self_influence)).flatten().tolist())
+    assert len(dropped) == 4 and dropped <= scored
+    keep = drop_mask(suspicion_of(first.signals, ["aum", "validation_influence_min"]), 0.1)
+    assert dropped == set(torch.nonzero(~keep).flatten().tolist())
+    # the files hold the NaNs as written: an event read back equals the one in memory
+    back = read_event(first.directory)
+    torch.testing.assert_close(back.self_influence, first.self_influence, equal_nan=True)
+
+
+def test_score_candidates_none_or_a_bad_value(tmp_path):
+    callback = _callback(score_candidates=None)
+    dm = InfluenceDataModule(ToyData(), fraction=0.1)
+    make_trainer(tmp_path, [callback], max_epochs=1).fit(Classifier(), datamodule=dm)
+    assert callback.latest_event.manifest["scored_examples"] == N
+    assert bool(torch.isfinite(callback.latest_event.self_influence).all())
+    for bad in (0.5, True, "3"):
+        with pytest.raises(ValueError, match=r"score_candidates=.* must be a number >= 1"):
+            _callback(score_candidates=bad)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ddp_scores_the_candidates_across_ranks(tmp_path):
+    record = tmp_path / "record"
+    record.mkdir()
+    callback = _callback()
+    dm = InfluenceDataModule(ToyData(batch_size=4), fraction=0.1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Classifier(record_dir=str(record)), datamodule=dm)
+    (folder,) = (tmp_path / "influence").glob("arnoldi-*/epoch=0-step=5")
+    event = read_event(folder)
+    assert event.manifest["scored_examples"] == 12 and event.manifest["world_size"] == 2
+    # the AUM was summed over the ranks: the candidates are its 12 lowest, each scored once
+    candidates = torch.argsort(event.signals["aum"])[:12].sort().values
+    for name in ("self_influence", "validation_influence_min", "loss"):
+        scored = torch.nonzero(~torch.isnan(event.signals[name])).flatten()
+        assert scored.tolist() == candidates.tolist()
+    rows = (folder / "dropped.csv").read_text().splitlines()
+    dropped = {int(r.split(",")[0]) for r in rows[1:]}
+    assert len(dropped) == 4 and dropped <= set(candidates.tolist())
+    ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert set(ranks[0]["1"]) | set(ranks[1]["1"]) == set(range(N)) - dropped

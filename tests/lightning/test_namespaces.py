@@ -102,8 +102,16 @@ def make_trainer(ns, tmp_path: Path, callbacks, max_epochs: int):
 
 
 def make_callback() -> InfluenceCallback:
+    # every example scored (score_candidates=None): the plan is checked against the whole
+    # self-influence; scoring only the candidates has its own tests (test_datamodule.py)
     return InfluenceCallback(
-        cross_entropy_loss, every_n_epochs=1, n_iters=8, top_k=4, seed=0, progress=False
+        cross_entropy_loss,
+        every_n_epochs=1,
+        n_iters=8,
+        top_k=4,
+        seed=0,
+        progress=False,
+        score_candidates=None,
     )
 
 
