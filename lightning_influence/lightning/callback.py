@@ -499,7 +499,8 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
         if validation is not None:
             warn_if_overlapping(loader, validation)
         extra = self._dynamics.signals() if self._dynamics is not None else {}
-        candidates = self._candidates(extra, validation is not None)
+        # only the training set the plan covers (analyze(dataloader=...) scores another: all of it)
+        candidates = self._candidates(extra, validation is not None) if dataloader is None else None
         try:
             event = run_analysis(
                 Runtime.of(trainer, pl_module, self.progress),
