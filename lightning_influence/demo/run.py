@@ -4,7 +4,9 @@ Run with ``python -m lightning_influence.demo`` or ``lightning-influence-demo``;
 runs the 3-seed benchmark. A small CNN learns scikit-learn's digits (bundled, no download) with a
 fraction of the training labels flipped (20% by default) and 180 clean digits held out for
 validation. In the pruned run, ``InfluenceCallback`` analyses the model every ``--score-every``
-epochs (10: after epochs 10 and 20 of 30) and ``InfluenceDataModule`` drops the most suspect
+epochs (10: after epochs 10, 20 and 30 of 30; the last analysis feeds no plan, it shows the final
+model in TensorBoard), computing the influence of the ``--score-candidates`` x ``--fraction``
+examples with the lowest AUM, and ``InfluenceDataModule`` drops the most suspect
 ``--fraction`` from the following epochs by the product's default signal (``signal="auto"``: the
 rank mean of the AUM and the validation influence of the worst validation class, see
 ``examples/benchmarks/results/pruning.md``), by the newest analysis (``--combine latest``). The
