@@ -10,8 +10,9 @@ thing on every model. The quantile of example ``i`` among ``N`` is
 
     u_i = (r_i + 1/2) / N,        r_i = #{j : s_j < s_i} (ties broken by index)
 
-so the most self-influential example has ``u`` close to 1. NaN scores count as the lowest (never
-dropped first).
+so the most self-influential example has ``u`` close to 1. NaN scores (examples an analysis did
+not score) count as the lowest (never dropped first): in ``quantiles`` they share the mean of the
+lowest ranks, and under ``combine="normalized_sum"`` an example NaN in any event ranks last.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def quantiles(scores: Tensor) -> Tensor:
     u = torch.empty(n, dtype=torch.float64)
     # position p in descending order has ascending rank n - 1 - p
     u[order] = (n - 1 - torch.arange(n, dtype=torch.float64) + 0.5) / max(n, 1)
+    # NaN (an example not scored) share the mean of the lowest ranks: no order among them, so
+    # that a rank mean or a mean over events does not order unscored examples by their index
+    missing = torch.isnan(scores.detach().cpu())
+    if bool(missing.any()):
+        u[missing] = int(missing.sum()) / 2 / n
     return u
 
 

@@ -80,3 +80,9 @@ def test_normalized_sum_weighs_each_event_by_its_own_scale():
         combine_scores([torch.zeros(3)], "normalized_sum")
     with pytest.raises(ValueError, match="normalized_sum"):
         combine_scores([small], "median")
+
+
+def test_quantiles_of_several_nan_share_the_lowest_ranks_mean():
+    u = quantiles(torch.tensor([float("nan"), 3.0, float("nan"), 1.0, float("nan")]))
+    # three NaN share ranks 0-2 (mean 1, u = 1.5 / 5), then 1.0 (rank 3) and 3.0 (rank 4)
+    assert u.tolist() == [0.3, 0.9, 0.3, 0.7, 0.3]
