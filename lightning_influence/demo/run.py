@@ -221,9 +221,10 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    # Lightning's per-run banners (GPU/TPU availability, tips) would drown the report.
-    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning's per-run banners (GPU/TPU availability, tips, why fit stopped) would drown the
+    # report; InfluenceDataModule's own messages (what it drops) stay.
+    for name in _RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(_drop_trainer_banners)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -294,6 +295,23 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``lightning-influence-demo``."""
     run(argv)
+
+
+# Lightning's info messages go to one shared logger, named after whichever of its packages was
+# imported last (importing lightning_influence probes both namespaces).
+_RANK_ZERO_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+def _drop_trainer_banners(record: logging.LogRecord) -> bool:
+    """False for an info message of Lightning's Trainer itself (accelerators, tips, stop)."""
+    path = record.pathname.replace("\\", "/")
+    lightning = "/pytorch_lightning/" in path or "/lightning/pytorch/" in path
+    return not (lightning and record.levelno <= logging.INFO)
 
 
 def _share(back: float, lost: float) -> str:

@@ -43,3 +43,17 @@ def test_a_second_run_writes_a_new_version_beside_the_first(tmp_path, capsys):
     assert runs == ["version_0", "version_1"]
     for run in runs:
         assert list((tmp_path / "seed0" / "pruned" / run / "influence").glob("arnoldi-*/epoch=0-*"))
+
+
+def test_lightnings_banners_are_dropped_and_our_messages_kept():
+    import logging
+
+    def record(path: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("x", level, path, 1, "message", None, None)
+
+    from lightning_influence.demo.run import _drop_trainer_banners as drop
+
+    assert not drop(record("/env/site-packages/pytorch_lightning/trainer/setup.py"))
+    assert not drop(record("/env/site-packages/lightning/pytorch/trainer/connectors/x.py"))
+    assert drop(record("/env/site-packages/pytorch_lightning/trainer/setup.py", logging.WARNING))
+    assert drop(record("/repo/lightning_influence/lightning/datamodule.py"))
