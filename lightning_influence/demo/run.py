@@ -308,7 +308,7 @@ _RANK_ZERO_LOGGERS = (
 
 
 def _drop_trainer_banners(record: logging.LogRecord) -> bool:
-    """False for an info message of Lightning's Trainer itself (accelerators, tips, stop)."""
+    """False for an info message of Lightning's own code (accelerators, tips, why fit stopped)."""
     path = record.pathname.replace("\\", "/")
     lightning = "/pytorch_lightning/" in path or "/lightning/pytorch/" in path
     return not (lightning and record.levelno <= logging.INFO)
