@@ -9,7 +9,9 @@ Data using the Area Under the Margin Ranking", NeurIPS 2020).
 
 Nothing is computed twice: a forward hook on the LightningModule keeps the outputs of the
 training step's own ``self(...)`` call, and the loss is ``loss_fn`` replayed on those outputs
-(the module's ``forward`` stands in for itself, returning them); the margin is read off the
+(the module's ``forward`` stands in for itself, returning them; the package's
+``cross_entropy_loss`` and ``mse_loss``, which only call the model, get a stand-in model instead,
+the same numbers without touching the module); the margin is read off the
 logits and the class-index targets of the batch (``core.batch.class_targets``). The replay runs
 with every submodule in eval mode and no grad, so a loss that does not call the module (and would
 run a real forward) changes nothing: it is detected, and the dynamics are then not recorded. Under
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from lightning_influence.core import batch as _batch
 from lightning_influence.core.context import eval_mode
 from lightning_influence.lightning.sampler import InfluenceSampler
-from lightning_influence.losses import LossFn
+from lightning_influence.losses import LossFn, cross_entropy_loss, mse_loss
 
 __all__ = ["TrainingDynamics"]
 
@@ -144,6 +146,13 @@ class TrainingDynamics:
         self.route = "hooks"
 
     def _replay(self, module: nn.Module, outputs: Any, batch: Any) -> Tensor | None:
+        if self.loss_fn in _CALL_ONLY_LOSSES:
+            # these losses only call the model: a stand-in returning the outputs gives the same
+            # numbers without touching the module (no forward swap, no eval-mode round trip)
+            with torch.no_grad():
+                losses = self.loss_fn(_Outputs(outputs), batch)  # type: ignore[arg-type]
+            if isinstance(losses, Tensor) and losses.shape == (_batch.batch_size(batch),):
+                return losses
         calls = []
 
         def forward(*args: Any, **kwargs: Any) -> Any:
@@ -243,6 +252,20 @@ def _detached(outputs: Any) -> Any:
             **{k: v.detach() if isinstance(v, Tensor) else v for k, v in outputs.items()}
         )
     return _batch.map_tensors(lambda t: t.detach(), outputs)
+
+
+class _Outputs:
+    """A stand-in model that returns the recorded outputs, whatever it is called with."""
+
+    def __init__(self, outputs: Any) -> None:
+        self.outputs = outputs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.outputs
+
+
+# The package's losses whose only use of the model is one call on the batch's inputs.
+_CALL_ONLY_LOSSES = (cross_entropy_loss, mse_loss)
 
 
 @contextlib.contextmanager

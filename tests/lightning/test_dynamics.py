@@ -100,6 +100,21 @@ def test_loss_mean_and_aum_are_the_training_pass_own(tmp_path):
     assert torch.isfinite(event.signals["loss"]).all()
 
 
+def test_the_packages_losses_and_a_users_replayed_loss_record_the_same(tmp_path):
+    def users_loss(model, batch):  # the same loss, replayed on the module (forward replaced)
+        x, y = batch
+        return F.cross_entropy(model(x), y, reduction="none")
+
+    events = []
+    for name, loss in (("package", cross_entropy_loss), ("user", users_loss)):
+        callback = InfluenceCallback(loss, every_n_epochs=2, n_iters=10, top_k=4, progress=False)
+        fit(tmp_path / name, callback, InfluenceDataModule(Data(), fraction=0.0), epochs=2)
+        assert callback.latest_event.manifest["dynamics"] == "hooks"
+        events.append(callback.latest_event)
+    for signal in ("loss_mean", "aum"):
+        torch.testing.assert_close(events[0].signals[signal], events[1].signals[signal])
+
+
 def test_without_the_wrapper_nothing_is_recorded_and_nothing_breaks(tmp_path):
     callback = InfluenceCallback(cross_entropy_loss, n_iters=10, top_k=4, progress=False)
     pl.seed_everything(0, verbose=False)
