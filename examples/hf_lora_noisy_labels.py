@@ -224,6 +224,8 @@ def run(args: argparse.Namespace, data: dict[str, Any], prune: bool) -> dict[str
             at_train_end=False,
             max_events=1,
             progress=False,
+            # every example scored: the report compares each signal's AP over the whole set
+            score_candidates=None,
         ),
         name=name,
     )
