@@ -195,7 +195,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
 
     def latest_scores(self, signal: str = "self_influence") -> Tensor:
         """``[N]`` float64 signal of the newest event (the self-influence by default), indexed
-        by dataset index."""
+        by dataset index; NaN for an example the analysis did not score (``score_candidates``)."""
         return self._require_event().signal(signal)
 
     def latest_scores_frame(self) -> pandas.DataFrame:
