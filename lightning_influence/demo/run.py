@@ -209,7 +209,7 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
         help="the product default: influence for the top 3 x fraction by AUM; 0: every example",
     )
     parser.add_argument(
-        "--hvp-samples", type=int, default=256, help="the product default; 0: the whole train set"
+        "--hvp-samples", type=int, default=128, help="the product default; 0: the whole train set"
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
