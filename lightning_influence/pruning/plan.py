@@ -16,7 +16,12 @@ from torch import Tensor
 
 from lightning_influence.config import PruningConfig
 from lightning_influence.io.events import ScoringEvent
-from lightning_influence.pruning.functional import combine_scores, drop_mask, reweight
+from lightning_influence.pruning.functional import (
+    _descending_order,
+    combine_scores,
+    drop_mask,
+    reweight,
+)
 from lightning_influence.pruning.signals import resolve_selection, suspicion
 
 __all__ = ["SamplingPlan", "plan_events", "plan_for", "scoring_candidates"]
@@ -178,11 +183,9 @@ def scoring_candidates(
         count += int((~kept.bool()).sum())
     if count >= size:
         return None
-    unseen = torch.isnan(aum)
-    order = torch.sort(-torch.where(unseen, torch.full_like(aum, -math.inf), -aum), stable=True)
     chosen = torch.zeros(size, dtype=torch.bool)
-    chosen[order.indices[:count]] = True
-    chosen |= unseen
+    chosen[_descending_order(-aum)[:count]] = True  # the lowest AUMs; unseen (NaN) last...
+    chosen |= torch.isnan(aum)  # ...and scored anyway
     if bool(chosen.all()):
         return None
     return torch.nonzero(chosen).flatten()

@@ -151,9 +151,9 @@ class Scorer(pl.Callback):
 
 def make_trainer(tmp_path, callbacks=(), max_epochs=3, logger=False, **kwargs) -> pl.Trainer:
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("devices", 1)
     return pl.Trainer(
         accelerator="cpu",
-        devices=1,
         max_epochs=max_epochs,
         callbacks=list(callbacks),
         logger=logger,
@@ -426,19 +426,7 @@ def test_ddp_with_the_influence_callback(tmp_path):
         every_n_epochs=1, at_train_end=False, n_iters=10, top_k=5, hvp_samples=None
     )
     dm = InfluenceDataModule(ToyData(batch_size=4), fraction=0.3, signal="self_influence")
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_epochs=2,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = make_trainer(tmp_path, [callback], max_epochs=2, devices=2, strategy="ddp_spawn")
     trainer.fit(Recorder(record_dir=str(record)), datamodule=dm)
     ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
     # the spawned processes' events are gone with them: read what global zero wrote
@@ -730,19 +718,7 @@ def test_ddp_scores_the_candidates_across_ranks(tmp_path):
     record.mkdir()
     callback = _callback()
     dm = InfluenceDataModule(ToyData(batch_size=4), fraction=0.1)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_epochs=2,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = make_trainer(tmp_path, [callback], max_epochs=2, devices=2, strategy="ddp_spawn")
     trainer.fit(Classifier(record_dir=str(record)), datamodule=dm)
     (folder,) = (tmp_path / "influence").glob("arnoldi-*/epoch=0-step=5")
     event = read_event(folder)
