@@ -57,6 +57,9 @@ __all__ = ["STATE_KIND", "InfluenceCallback"]
 # 2: events carry a uid; the state names the analysis and the last trained (epoch, step).
 # 3: written events are references to their folders; the training dynamics' sums.
 _STATE_VERSION = 3
+# the schedule fields that name a callback's state (state_key): Lightning asks for the key at
+# every hook of every batch, so the config is not walked there
+_SCHEDULE_FIELDS = field_names(AnalysisConfig, "schedule")
 STATE_KIND = "lightning_influence.InfluenceCallback"
 """Marks an InfluenceCallback's state in a checkpoint's ``callbacks`` (whatever its state_key)."""
 
@@ -178,7 +181,7 @@ class InfluenceCallback(*bases("Callback")):  # type: ignore[misc]
     def state_key(self) -> str:
         # The folder's name plus the schedule: two callbacks that compute the same events on
         # other epochs keep their own state.
-        schedule = {k: self.arguments[k] for k in field_names(AnalysisConfig, "schedule")}
+        schedule = {k: self.arguments[k] for k in _SCHEDULE_FIELDS}
         key = self._generate_state_key(name=self.name, **schedule)
         # Lightning refuses two callbacks of one state_key with a message that cannot say how
         # to tell two InfluenceCallbacks apart: say it here, when its check asks.

@@ -75,6 +75,8 @@ class TrainingDynamics:
         self.route: str | None = None
         self.note = ""
         self._captured: list[Any] = []
+        # batches recorded this epoch, not yet in epoch_sums: (indices, losses, margins, valid)
+        self._pending: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
         self._handle: Any = None
         self._indices: list[int] | None = None
         self._offset = 0
@@ -98,6 +100,7 @@ class TrainingDynamics:
         if self.sums is None:
             self.sums = {k: torch.zeros(size, dtype=torch.float64) for k in _SUMS}
         self.epoch_sums = {k: torch.zeros(size, dtype=torch.float64) for k in _SUMS}
+        self._pending = []
         self._sampler, self._indices, self._offset = sampler, None, 0
         self._handle = module.register_forward_hook(self._capture)
 
@@ -128,22 +131,34 @@ class TrainingDynamics:
         losses = self._replay(module, outputs, batch)
         if losses is None:
             return
-        index = torch.as_tensor(indices, dtype=torch.long)
-        sums = self.epoch_sums
-        sums["loss_sum"].index_add_(0, index, losses.detach().double().cpu())
-        sums["loss_count"].index_add_(0, index, torch.ones(size, dtype=torch.float64))
+        # Only device work here (no host sync per batch): the batch's values wait on the device
+        # and are added to the epoch's sums in one pass at the end of the epoch (_flush).
+        margin = valid = None
         logits, targets = _logits(outputs), _batch.class_targets(batch)
-        if (
-            logits is not None
-            and logits.ndim == 2
-            and targets is not None
-            and int(targets.min()) >= 0
-            and int(targets.max()) < logits.shape[1]
-        ):
-            m = margins(logits.detach().double(), targets.to(logits.device).long())
-            sums["margin_sum"].index_add_(0, index, m.cpu())
-            sums["margin_count"].index_add_(0, index, torch.ones(size, dtype=torch.float64))
+        if logits is not None and logits.ndim == 2 and targets is not None:
+            targets = targets.to(logits.device).long()
+            valid = (targets >= 0) & (targets < logits.shape[1])
+            margin = margins(logits.detach(), targets.clamp(0, logits.shape[1] - 1))
+        self._pending.append((torch.as_tensor(indices, dtype=torch.long), losses.detach(), margin, valid))
         self.route = "hooks"
+
+    def _flush(self) -> None:
+        """Add the batches recorded since the last flush to the epoch's sums."""
+        pending, self._pending = self._pending, []
+        if not pending or self.epoch_sums is None:
+            return
+        sums = self.epoch_sums
+        index = torch.cat([p[0] for p in pending])
+        losses = torch.cat([p[1].reshape(-1) for p in pending]).double().cpu()
+        sums["loss_sum"].index_add_(0, index, losses)
+        sums["loss_count"].index_add_(0, index, torch.ones_like(losses))
+        with_margin = [p for p in pending if p[2] is not None]
+        if with_margin:
+            index = torch.cat([p[0] for p in with_margin])
+            margin = torch.cat([p[2] for p in with_margin]).double().cpu()
+            valid = torch.cat([p[3] for p in with_margin]).cpu()
+            sums["margin_sum"].index_add_(0, index[valid], margin[valid])
+            sums["margin_count"].index_add_(0, index[valid], torch.ones_like(margin[valid]))
 
     def _replay(self, module: nn.Module, outputs: Any, batch: Any) -> Tensor | None:
         if self.loss_fn in _CALL_ONLY_LOSSES:
@@ -179,6 +194,7 @@ class TrainingDynamics:
     def end_epoch(self, reduce_sum: Any = None) -> None:
         """Add the epoch's sums (summed across ranks by ``reduce_sum``) to the run's."""
         self.detach()
+        self._flush()
         if self.epoch_sums is None or self.sums is None:
             return
         stacked = torch.stack([self.epoch_sums[k] for k in _SUMS])
@@ -203,7 +219,7 @@ class TrainingDynamics:
                 rank_zero_info(f"InfluenceCallback: {note}")
         self.route, self.note = "off", note
         self.detach()
-        self.epoch_sums = None
+        self.epoch_sums, self._pending = None, []
 
     # -- results and state -----------------------------------------------------------------------
     def signals(self) -> dict[str, Tensor]:

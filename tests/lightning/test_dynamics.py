@@ -139,3 +139,42 @@ def test_a_loss_that_bypasses_the_module_is_not_replayed(tmp_path):
     assert "aum" not in callback.latest_event.signals
     assert callback.latest_event.manifest["dynamics"] == "off"
     assert len(model.seen[0]) == N  # the training itself was untouched
+
+
+class IgnoringClassifier(Classifier):
+    """Trains with ``ignore_index=-1``: an example labelled -1 has a loss (0) but no class."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y, ignore_index=-1)
+
+
+def test_an_example_without_a_class_gets_no_margin_and_its_batch_keeps_theirs(tmp_path):
+    def loss(model, batch):
+        x, y = batch
+        return F.cross_entropy(model(x), y, ignore_index=-1, reduction="none")
+
+    class Unlabelled(Data):
+        def __init__(self) -> None:
+            super().__init__()
+            features, labels = self.train.tensors
+            labels = labels.clone()
+            labels[5] = -1
+            self.train = TensorDataset(features, labels)
+
+    callback = InfluenceCallback(loss, every_n_epochs=2, n_iters=10, top_k=4, progress=False)
+    pl.seed_everything(0, verbose=False)
+    model = IgnoringClassifier()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=2, callbacks=[callback], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=InfluenceDataModule(Unlabelled(), fraction=0.0))
+    signals = callback.latest_event.signals
+    assert callback.latest_event.manifest["dynamics"] == "hooks"
+    assert torch.isnan(signals["aum"][5])
+    assert signals["loss_mean"][5] == 0.0  # ignored by the loss, recorded as trained on
+    others = torch.arange(N) != 5
+    assert torch.isfinite(signals["aum"][others]).all()
+    assert torch.isfinite(signals["loss_mean"]).all()
