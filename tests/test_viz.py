@@ -1,10 +1,17 @@
 """viz: image recognition, grids and the figures the loggers and the CLI draw."""
 
+import numpy as np
 import pytest
 import torch
 
 from lightning_influence.engines import TopInfluences
-from lightning_influence.viz import as_image, explanation_figure, image_grid, spectrum_figure
+from lightning_influence.viz import (
+    as_image,
+    examples_grid,
+    explanation_figure,
+    image_grid,
+    spectrum_figure,
+)
 
 
 def test_images_are_recognised_and_normalised():
@@ -36,3 +43,26 @@ def test_figures_draw_and_refuse_non_images():
     vectors = [(torch.rand(6), 0)] * 6
     with pytest.raises(ValueError, match="draws image inputs"):
         explanation_figure(vectors, vectors, [0], top)
+
+
+def test_the_examples_grid_shows_every_image_exactly_scaled_under_its_caption():
+    pytest.importorskip("PIL")
+    red, green = torch.zeros(3, 8, 8), torch.zeros(3, 8, 8)
+    red[0], green[1] = 1.0, 1.0
+    green[1, 0, 0] = 0.5  # one darker pixel: the scaling is nearest neighbour, whole blocks
+    rows = [
+        {"image": red, "index": 3, "label": 1, "score": 2.5, "status": "kept"},
+        {"image": green, "index": 7, "label": 0, "score": 1.5, "status": "dropped"},
+    ]
+    pixels = examples_grid(rows, title="most suspect")
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+    scale = 160 // 8
+    for color in ([255, 0, 0], [0, 255, 0]):
+        ys, xs = np.nonzero((pixels == color).all(axis=2))
+        assert ys.max() - ys.min() + 1 == 8 * scale and xs.max() - xs.min() + 1 == 8 * scale
+    # the darker pixel is one scale x scale block at the green tile's top-left corner
+    ys, xs = np.nonzero((pixels == [0, 128, 0]).all(axis=2))
+    assert len(ys) == scale * scale
+    # captions are drawn above the tiles: dark text pixels in the band above the first tile
+    ys, _ = np.nonzero((pixels == [255, 0, 0]).all(axis=2))
+    assert (pixels[: ys.min()] < 100).all(axis=2).any()

@@ -139,7 +139,9 @@ class TrainingDynamics:
             targets = targets.to(logits.device).long()
             valid = (targets >= 0) & (targets < logits.shape[1])
             margin = margins(logits.detach(), targets.clamp(0, logits.shape[1] - 1))
-        self._pending.append((torch.as_tensor(indices, dtype=torch.long), losses.detach(), margin, valid))
+        self._pending.append(
+            (torch.as_tensor(indices, dtype=torch.long), losses.detach(), margin, valid)
+        )
         self.route = "hooks"
 
     def _flush(self) -> None:

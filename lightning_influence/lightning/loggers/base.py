@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_influence._imports import MATPLOTLIB_AVAILABLE
+from lightning_influence._imports import MATPLOTLIB_AVAILABLE, PIL_AVAILABLE
 from lightning_influence.io.events import ScoringEvent
 from lightning_influence.lightning.namespaces import classes
 from lightning_influence.viz import (
     as_image,
     examples_figure,
+    examples_grid,
     figure_array,
     image_array,
     image_grid,
@@ -79,15 +80,16 @@ class EventView:
 
     @cached_property
     def media(self) -> dict[str, np.ndarray]:
-        """The spectrum plot and the grid of the most suspect kept examples as ``[H, W, 3]``
-        uint8 pixels (rendered once, for the loggers that take pixels)."""
+        """The spectrum plot (matplotlib) and the grid of the most suspect kept examples with
+        their captions (Pillow; without it, the bare images) as ``[H, W, 3]`` uint8 pixels,
+        rendered once for every logger."""
         out = {}
         if MATPLOTLIB_AVAILABLE and self.eigenvalues.numel():
             out["spectrum_plot"] = figure_array(spectrum_figure(self.eigenvalues))
         images = [row["image"] for row in self.kept_top]
         if images and all(image is not None for image in images):
-            if MATPLOTLIB_AVAILABLE:
-                out["top_examples"] = figure_array(self.figure())
+            if PIL_AVAILABLE:
+                out["top_examples"] = examples_grid(self.kept_top, title=self.grid_title)
             else:
                 out["top_examples"] = image_array(image_grid(images))
         return out

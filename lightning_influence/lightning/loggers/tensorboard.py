@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from lightning_influence._imports import MATPLOTLIB_AVAILABLE
 from lightning_influence.lightning.loggers.base import (
     EventView,
     LoggerAdapter,
@@ -16,7 +15,6 @@ from lightning_influence.lightning.loggers.base import (
     markdown_table,
     register_logger,
 )
-from lightning_influence.viz import image_grid, spectrum_figure
 
 __all__ = ["TensorBoardAdapter", "tensorboard_layout"]
 
@@ -96,14 +94,9 @@ class TensorBoardAdapter(LoggerAdapter):
             finite = values[torch.isfinite(values)]
             if finite.numel():
                 writer.add_histogram(f"{prefix}/{name}", finite.numpy(), step)
-        if MATPLOTLIB_AVAILABLE and eigenvalues.numel():
-            writer.add_figure(f"{prefix}/spectrum_plot", spectrum_figure(eigenvalues), step)
-        images = [row["image"] for row in view.kept_top]
-        if images and all(image is not None for image in images):
-            if MATPLOTLIB_AVAILABLE:
-                writer.add_figure(f"{prefix}/top_examples", view.figure(), step)
-            else:
-                writer.add_image(f"{prefix}/top_examples", image_grid(images), step)
+        # the pixels every logger gets (rendered once), not add_figure's second rendering path
+        for name, pixels in view.media.items():
+            writer.add_image(f"{prefix}/{name}", pixels, step, dataformats="HWC")
         if view.top:
             writer.add_text(f"{prefix}/top_examples", markdown_table(view.top, view.ranking), step)
         writer.flush()
