@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import sys
 from functools import cache
 from typing import TYPE_CHECKING, Union
 
@@ -43,7 +44,23 @@ __all__ = [
 ]
 
 
+# Each namespace, when first imported, points lightning_utilities' shared rank-zero logger and
+# deprecation category at its own: importing the second one here must not move them away from
+# the namespace the user imported (or, when they imported none yet, the primary one), or the
+# user's `logging.getLogger("pytorch_lightning...")` settings stop applying to Lightning's messages.
+_SHARED_RANK_ZERO = ("log", "rank_zero_deprecation_category")
+
+
 def _importable() -> tuple[str, ...]:
+    import lightning_utilities.core.rank_zero as rank_zero
+
+    def shared() -> dict[str, object]:
+        return {
+            name: getattr(rank_zero, name) for name in _SHARED_RANK_ZERO if hasattr(rank_zero, name)
+        }
+
+    users = any(name in sys.modules for name in ("pytorch_lightning", "lightning.pytorch"))
+    keep = shared() if users else None
     found = []
     for namespace, requirement in (
         ("pytorch_lightning", "pytorch_lightning"),
@@ -56,6 +73,10 @@ def _importable() -> tuple[str, ...]:
         except ImportError:  # a broken or partial install: serve the namespaces that import
             continue
         found.append(namespace)
+        if keep is None:
+            keep = shared()
+    for name, value in (keep or {}).items():
+        setattr(rank_zero, name, value)
     if not found:
         raise ImportError(
             "lightning-influence needs PyTorch Lightning: pip install pytorch-lightning "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import importlib
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -291,3 +293,34 @@ def test_lightningcli_of_either_namespace_takes_a_wrapped_datamodule(ns, tmp_pat
     assert type(cli.datamodule.datamodule).__module__ == module
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert int((~cli.datamodule.keep_mask).sum()) == N // 4
+
+
+@pytest.mark.parametrize(
+    ("user_imports", "owner"),
+    [
+        ("import pytorch_lightning", "pytorch_lightning"),
+        ("", "pytorch_lightning"),  # none yet: the primary namespace
+        ("import lightning.pytorch", "lightning.pytorch"),
+    ],
+)
+def test_importing_us_keeps_the_rank_zero_logger_of_the_users_namespace(user_imports, owner):
+    # Each namespace points lightning_utilities' shared rank-zero logger at its own when first
+    # imported; we import both, which must not move the logger whose level the user set.
+    if "lightning.pytorch" in user_imports:
+        pytest.importorskip("lightning", reason="the unified `lightning` package is not installed")
+    code = (
+        f"{user_imports}\n"
+        "import logging\n"
+        f"logging.getLogger('{owner}.utilities.rank_zero').setLevel(logging.WARNING)\n"
+        "import lightning_influence\n"
+        "from lightning_influence import InfluenceCallback\n"
+        "import lightning_utilities.core.rank_zero as shared\n"
+        "from lightning_utilities.core.rank_zero import rank_zero_info\n"
+        "print(shared.log.name)\n"
+        "rank_zero_info('a banner the user silenced')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == f"{owner}.utilities.rank_zero"
+    assert "a banner the user silenced" not in done.stderr + done.stdout
