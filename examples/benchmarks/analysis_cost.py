@@ -31,7 +31,9 @@ configuration analyses the same weights: the manifests' ``weights_sha256`` are c
 * ``I``: G in a run that prunes (``InfluenceDataModule(fraction=0.1)``, the ``PruningConfig``
   default, instead of 0): the default ``score_candidates=3`` then scores the influence of only the
   30% of the examples that the AUM ranks most suspect (the column ``scored``).
-* ``J``: H in a run that prunes 10%: the product's defaults inside a pruning run.
+* ``J``: H in a run that prunes 10%: the product's defaults inside a pruning run (until the night
+  of 2026-12-07).
+* ``K``: J with ``top_k=20``, ``n_iters=30``.
 
 Each configuration's top-10 eigenvalues (by ``|lambda|``, paired by rank) are compared with A's
 (max relative difference), beside the largest relative Ritz residual of its top 10. The memory of
@@ -127,6 +129,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "I": {**_B, "restart_tol": 5e-2, "fraction": 0.1},
     # H in a run that prunes 10%: every product default inside a pruning run
     "J": {**_B, "restart_tol": 5e-2, "hvp_samples": 128, "fraction": 0.1},
+    # J with the top 20 eigenpairs (n_iters=30)
+    "K": {
+        **_B,
+        "restart_tol": 5e-2,
+        "hvp_samples": 128,
+        "fraction": 0.1,
+        "top_k": 20,
+        "n_iters": 30,
+    },
 }
 # --quick: the same shapes at tiny sizes (seconds).
 _QB = {**_B, "n_iters": 14, "top_k": 8, "hvp_samples": 64}
@@ -142,6 +153,14 @@ QUICK_CONFIGS: dict[str, dict[str, Any]] = {
     "H": {**_QB, "restart_tol": 5e-2, "hvp_samples": 32},
     "I": {**_QB, "restart_tol": 5e-2, "fraction": 0.1},
     "J": {**_QB, "restart_tol": 5e-2, "hvp_samples": 32, "fraction": 0.1},
+    "K": {
+        **_QB,
+        "restart_tol": 5e-2,
+        "hvp_samples": 32,
+        "fraction": 0.1,
+        "top_k": 6,
+        "n_iters": 10,
+    },
 }
 ROLES = {
     "A": "the default before 2026-12-06",
@@ -154,7 +173,8 @@ ROLES = {
     "G": "the default of 2026-12-07 until the evening: B at tol 5e-2",
     "H": "the default since 2026-12-07 evening: G on 128 HVP examples",
     "I": "G in a run that prunes 10%: influence for the top 30% by AUM",
-    "J": "H in a run that prunes 10%: the product's defaults",
+    "J": "H in a run that prunes 10%: the product's defaults until 2026-12-07 night",
+    "K": "J with top_k=20, n_iters=30",
 }
 
 

@@ -875,8 +875,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="score and measure detection only: no pruned training runs (no accuracies)",
     )
     parser.add_argument("--solver", default="lanczos")
-    parser.add_argument("--n-iters", type=int, default=45)
-    parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--n-iters", type=int, default=30)
+    parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--restart-tol", type=float, default=5e-2, help="default: the product's")
     parser.add_argument("--hvp-samples", type=int, default=128, help="default: the product's")
     parser.add_argument(

@@ -200,8 +200,8 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     )
     parser.add_argument("--combine", choices=COMBINE_MODES, default="latest")
     parser.add_argument("--max-events", type=int, default=None)
-    parser.add_argument("--n-iters", type=int, default=45, help="Lanczos basis size")
-    parser.add_argument("--top-k", type=int, default=30)
+    parser.add_argument("--n-iters", type=int, default=30, help="Lanczos basis size")
+    parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument(
         "--score-candidates",
         type=float,

@@ -67,7 +67,7 @@ def analysis_name(arguments: dict[str, Any]) -> str:
     existing analysis' folder, and the fields that say how or when an analysis runs never do.
 
     Example:
-        >>> analysis_name({"n_iters": 45, "top_k": 30}) == analysis_name({})
+        >>> analysis_name({"n_iters": 30, "top_k": 20}) == analysis_name({})
         True
         >>> analysis_name({"top_k": 10})
         'arnoldi-55afa3e7'

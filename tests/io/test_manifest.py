@@ -20,8 +20,8 @@ def test_a_field_missing_from_old_arguments_counts_as_its_default():
 def test_a_field_that_differs_from_its_default_changes_the_name():
     assert _name(AnalysisConfig(restart_tol=1e-2)) != _name(AnalysisConfig())
     assert _name(AnalysisConfig(restart_tol=1e-2)) != _name(AnalysisConfig(restart_tol=1e-3))
-    assert _name(AnalysisConfig(top_k=20)) != _name(AnalysisConfig())
-    assert _name(AnalysisConfig(top_k=30)) == _name(AnalysisConfig())  # the default
+    assert _name(AnalysisConfig(top_k=10)) != _name(AnalysisConfig())
+    assert _name(AnalysisConfig(top_k=20)) == _name(AnalysisConfig())  # the default
 
 
 @pytest.mark.parametrize("role", ["execution", "schedule"])
