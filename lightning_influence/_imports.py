@@ -18,8 +18,9 @@ __all__ = [
 
 MATPLOTLIB_AVAILABLE = RequirementCache("matplotlib>=3.6")
 PANDAS_AVAILABLE = RequirementCache("pandas>=1.5")
-# mlflow and wandb turn numpy pixels into images with Pillow
-PIL_AVAILABLE = RequirementCache("pillow", "PIL")
+# the loggers draw the spectrum plot and the example grid with Pillow; mlflow and wandb turn
+# numpy pixels into images with it
+PIL_AVAILABLE = RequirementCache("pillow>=9.2", "PIL")
 SAFETENSORS_AVAILABLE = RequirementCache("safetensors>=0.4")
 SKLEARN_AVAILABLE = RequirementCache("scikit-learn>=1.2", "sklearn")
 TORCH_XLA_AVAILABLE = RequirementCache("torch_xla")

@@ -11,6 +11,7 @@ from lightning_influence.viz import (
     explanation_figure,
     image_grid,
     spectrum_figure,
+    spectrum_image,
 )
 
 
@@ -66,3 +67,34 @@ def test_the_examples_grid_shows_every_image_exactly_scaled_under_its_caption():
     # captions are drawn above the tiles: dark text pixels in the band above the first tile
     ys, _ = np.nonzero((pixels == [255, 0, 0]).all(axis=2))
     assert (pixels[: ys.min()] < 100).all(axis=2).any()
+
+
+def _clusters(mask: np.ndarray) -> list[tuple[float, float]]:
+    """(x, y) centres of the blobs of ``mask``, left to right (blobs apart in x)."""
+    ys, xs = np.nonzero(mask)
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
+    cuts = np.nonzero(np.diff(xs) > 2)[0] + 1
+    return [
+        (float(x.mean()), float(y.mean()))
+        for x, y in zip(np.split(xs, cuts), np.split(ys, cuts), strict=True)
+    ]
+
+
+def test_the_spectrum_image_plots_each_magnitude_by_rank_negatives_in_red():
+    pytest.importorskip("PIL")
+    pixels = spectrum_image(torch.tensor([8.0, -4.0, 1.0, 0.5], dtype=torch.float64))
+    assert pixels.dtype == np.uint8 and pixels.shape == (350, 500, 3)
+    blue = _clusters((pixels == [31, 119, 180]).all(axis=2))
+    red = _clusters((pixels == [214, 39, 40]).all(axis=2))
+    assert len(blue) == 3 and len(red) == 1
+    (x1, y1), (x3, y3), (x4, y4) = blue
+    (x2, y2) = red[0]
+    assert x1 < x2 < x3 < x4  # by rank, equally spaced
+    assert abs((x2 - x1) - (x4 - x3)) < 1.5
+    assert y1 < y2 < y3 < y4  # larger |lambda| higher up
+    # a log scale: 8 -> 4 -> 1 -> 0.5 are 1, 2 and 1 halvings apart
+    assert abs((y3 - y2) - 2 * (y2 - y1)) < 1.5 and abs((y4 - y3) - (y2 - y1)) < 1.5
+    # nothing to plot, or a zero (a linear scale): still an image
+    assert spectrum_image(torch.zeros(0, dtype=torch.float64)).shape == (350, 500, 3)
+    assert spectrum_image(torch.tensor([1.0, 0.0], dtype=torch.float64)).shape == (350, 500, 3)
