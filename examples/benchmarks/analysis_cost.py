@@ -33,7 +33,10 @@ configuration analyses the same weights: the manifests' ``weights_sha256`` are c
   30% of the examples that the AUM ranks most suspect (the column ``scored``).
 * ``J``: H in a run that prunes 10%: the product's defaults inside a pruning run (until the night
   of 2026-12-07).
-* ``K``: J with ``top_k=20``, ``n_iters=30``.
+* ``K``: J with ``top_k=20``, ``n_iters=30``: the product's defaults inside a pruning run since
+  the night of 2026-12-07.
+* ``L``: H with ``top_k=20``, ``n_iters=30``: the same defaults without a pruning plan (every
+  example scored).
 
 Each configuration's top-10 eigenvalues (by ``|lambda|``, paired by rank) are compared with A's
 (max relative difference), beside the largest relative Ritz residual of its top 10. The memory of
@@ -129,7 +132,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "I": {**_B, "restart_tol": 5e-2, "fraction": 0.1},
     # H in a run that prunes 10%: every product default inside a pruning run
     "J": {**_B, "restart_tol": 5e-2, "hvp_samples": 128, "fraction": 0.1},
-    # J with the top 20 eigenpairs (n_iters=30)
+    # J with the top 20 eigenpairs (n_iters=30): the defaults since 2026-12-07 night, pruning
     "K": {
         **_B,
         "restart_tol": 5e-2,
@@ -138,6 +141,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "top_k": 20,
         "n_iters": 30,
     },
+    # H with the top 20: the defaults since 2026-12-07 night, without a pruning plan
+    "L": {**_B, "restart_tol": 5e-2, "hvp_samples": 128, "top_k": 20, "n_iters": 30},
 }
 # --quick: the same shapes at tiny sizes (seconds).
 _QB = {**_B, "n_iters": 14, "top_k": 8, "hvp_samples": 64}
@@ -161,6 +166,7 @@ QUICK_CONFIGS: dict[str, dict[str, Any]] = {
         "top_k": 6,
         "n_iters": 10,
     },
+    "L": {**_QB, "restart_tol": 5e-2, "hvp_samples": 32, "top_k": 6, "n_iters": 10},
 }
 ROLES = {
     "A": "the default before 2026-12-06",
@@ -174,7 +180,8 @@ ROLES = {
     "H": "the default since 2026-12-07 evening: G on 128 HVP examples",
     "I": "G in a run that prunes 10%: influence for the top 30% by AUM",
     "J": "H in a run that prunes 10%: the product's defaults until 2026-12-07 night",
-    "K": "J with top_k=20, n_iters=30",
+    "K": "J with top_k=20, n_iters=30: the product's defaults since 2026-12-07 night",
+    "L": "H with top_k=20, n_iters=30: the defaults without a pruning plan",
 }
 
 
