@@ -47,6 +47,10 @@ def as_pytree(batch: Any) -> Any:
 
 def batch_size(batch: Any) -> int:
     """The leading size shared by the batch's tensor leaves (the first tensor's, by convention)."""
+    # the common shapes without walking the pytree (called for every training batch)
+    first = batch[0] if type(batch) in (tuple, list) and batch else batch
+    if isinstance(first, Tensor) and first.ndim > 0:
+        return int(first.shape[0])
     for leaf in pytree.tree_leaves(batch):
         if isinstance(leaf, Tensor) and leaf.ndim > 0:
             return int(leaf.shape[0])

@@ -2,6 +2,7 @@
 
 from collections import UserDict
 
+import pytest
 import torch
 
 from lightning_influence.core.batch import as_pytree, batch_size, merge_batches
@@ -29,3 +30,14 @@ def test_only_batches_that_concatenate_are_joined():
     a, b = (torch.zeros(2, 3), mask), (torch.zeros(2, 3), mask * 2)
     assert len(merge_batches([a, b], limit=100)) == 2
     assert len(merge_batches([a, (torch.zeros(2, 3), mask.clone())], limit=100)) == 1
+
+
+def test_batch_size_is_the_first_tensor_leaf_whatever_the_shape():
+    x, y = torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)
+    assert batch_size((x, y)) == batch_size([x, y]) == batch_size(x) == 5
+    assert batch_size({"input_ids": torch.zeros(4, 7), "labels": torch.zeros(4)}) == 4
+    # a first element that is not a tensor with a batch dimension: the pytree's first one that is
+    assert batch_size((["a", "b"], torch.tensor(1.0), torch.zeros(2, 3))) == 2
+    assert batch_size(((x, y), torch.zeros(9))) == 5
+    with pytest.raises(ValueError, match="holds no tensor with a batch dimension"):
+        batch_size(("text", torch.tensor(2.0)))
