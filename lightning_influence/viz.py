@@ -177,6 +177,12 @@ def _pil_font(size: int) -> Any:
         return ImageFont.load_default()
 
 
+def _centred(draw: Any, x: float, y: float, text: str, font: Any) -> None:
+    """Draw ``text`` (lines centred on each other) in black, its top-centre at ``(x, y)``."""
+    left, _, right, _ = draw.multiline_textbbox((0, 0), text, font=font, align="center")
+    draw.multiline_text((x - (right - left) / 2, y), text, fill="black", font=font, align="center")
+
+
 def _nice_step(span: float, most: int) -> int:
     """The smallest of 1, 2, 5, 10, 20, 50, ... that cuts ``span`` into at most ``most`` steps."""
     step = 1
@@ -202,11 +208,7 @@ def spectrum_image(eigenvalues: Tensor) -> np.ndarray:
     draw = ImageDraw.Draw(image)
     font, small = _pil_font(13), _pil_font(11)
 
-    def centred(x: float, y: float, text: str, which: Any) -> None:
-        box = draw.textbbox((0, 0), text, font=which)
-        draw.text((x - (box[2] - box[0]) / 2, y), text, fill="black", font=which)
-
-    centred(width / 2, 7, "Hessian spectrum (top eigenvalues)", font)
+    _centred(draw, width / 2, 7, "Hessian spectrum (top eigenvalues)", font)
     x0, x1, y0, y1 = left, width - right, top, height - bottom
     draw.rectangle((x0, y0, x1, y1), outline="black")
     k = len(values)
@@ -225,7 +227,7 @@ def spectrum_image(eigenvalues: Tensor) -> np.ndarray:
 
         for rank in range(_nice_step(k, 8), k + 1, _nice_step(k, 8)):
             draw.line((px(rank), y1, px(rank), y1 + 4), fill="black")
-            centred(px(rank), y1 + 6, str(rank), small)
+            _centred(draw, px(rank), y1 + 6, str(rank), small)
         ticks: list[tuple[float, str]] = []
         if logs:  # decades; with 2x and 5x over fewer than 3 decades
             ticks = [
@@ -249,7 +251,7 @@ def spectrum_image(eigenvalues: Tensor) -> np.ndarray:
             color = (31, 119, 180) if value >= 0 else (214, 39, 40)
             x, y = px(rank), py(y)
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=color)
-    centred((x0 + x1) / 2, height - 20, "rank i", font)
+    _centred(draw, (x0 + x1) / 2, height - 20, "rank i", font)
     label = "|eigenvalue| (red: negative)"
     box = draw.textbbox((0, 0), label, font=font)
     text = Image.new("RGB", (box[2] - box[0] + 2, box[3] + 2), "white")
@@ -288,18 +290,13 @@ def examples_grid(
     )
     draw = ImageDraw.Draw(canvas)
 
-    def centred(x: float, y: float, text: str) -> None:
-        left, _, right, _ = draw.multiline_textbbox((0, 0), text, font=font, align="center")
-        draw.multiline_text(
-            (x - (right - left) / 2, y), text, fill="black", font=font, align="center"
-        )
-
-    centred(canvas.width / 2, 6, title)
+    _centred(draw, canvas.width / 2, 6, title, font)
     for i, row in enumerate(rows):
         r, c = divmod(i, cols)
         x, y = pad + c * (tile_w + pad), top + r * (caption + tile_h + pad)
         dropped = " (dropped)" if row.get("status") == "dropped" else ""
-        centred(x + tile_w / 2, y, f"#{row['index']} y={row['label']}{dropped}\n{row['score']:.3g}")
+        caption_text = f"#{row['index']} y={row['label']}{dropped}\n{row['score']:.3g}"
+        _centred(draw, x + tile_w / 2, y, caption_text, font)
         image = row["image"][:, :h, :w].permute(1, 2, 0).float().clamp(0, 1)
         pixels = (image * 255).round().to(torch.uint8).numpy()
         pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
