@@ -81,8 +81,8 @@ class EventView:
     def media(self) -> dict[str, np.ndarray]:
         """The spectrum plot and the grid of the most suspect kept examples with their captions
         as ``[H, W, 3]`` uint8 pixels, drawn with Pillow (without it: no plot, the bare images),
-        once for every logger: no matplotlib figures in the training process (the first one
-        took 0.4-0.9 s, each later one 50-100 ms)."""
+        once for every logger: no matplotlib figures in the training process (the first event's
+        two took 0.4-0.9 s, later ones 50-100 ms each)."""
         out = {}
         if PIL_AVAILABLE and self.eigenvalues.numel():
             out["spectrum_plot"] = spectrum_image(self.eigenvalues)
