@@ -90,7 +90,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import DEFAULT_OUT, machine_info, markdown_table, set_threads, write_results
 
-from lightning_influence import InfluenceCallback, InfluenceDataModule, PruningConfig, ScoringEvent
+from lightning_influence import (
+    AnalysisConfig,
+    InfluenceCallback,
+    InfluenceDataModule,
+    PruningConfig,
+    ScoringEvent,
+)
 from lightning_influence.demo.data import load as load_digits_split
 from lightning_influence.demo.model import digits_cnn
 from lightning_influence.losses import cross_entropy_loss
@@ -875,10 +881,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="score and measure detection only: no pruned training runs (no accuracies)",
     )
     parser.add_argument("--solver", default="lanczos")
-    parser.add_argument("--n-iters", type=int, default=30)
-    parser.add_argument("--top-k", type=int, default=20)
-    parser.add_argument("--restart-tol", type=float, default=5e-2, help="default: the product's")
-    parser.add_argument("--hvp-samples", type=int, default=128, help="default: the product's")
+    product = AnalysisConfig()
+    parser.add_argument(
+        "--n-iters", type=int, default=product.n_iters, help="default: the product's"
+    )
+    parser.add_argument("--top-k", type=int, default=product.top_k, help="default: the product's")
+    parser.add_argument(
+        "--restart-tol", type=float, default=product.restart_tol, help="default: the product's"
+    )
+    parser.add_argument(
+        "--hvp-samples", type=int, default=product.hvp_samples, help="default: the product's"
+    )
     parser.add_argument(
         "--analyse-every",
         type=int,

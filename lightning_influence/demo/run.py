@@ -34,7 +34,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_influence.config import COMBINE_MODES
+from lightning_influence.config import COMBINE_MODES, AnalysisConfig
 from lightning_influence.demo.data import Digits, DigitsData, load
 from lightning_influence.demo.model import DigitsCNN
 from lightning_influence.io.events import ScoringEvent
@@ -200,8 +200,9 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
     )
     parser.add_argument("--combine", choices=COMBINE_MODES, default="latest")
     parser.add_argument("--max-events", type=int, default=None)
-    parser.add_argument("--n-iters", type=int, default=30, help="Lanczos basis size")
-    parser.add_argument("--top-k", type=int, default=20)
+    defaults = AnalysisConfig()  # the product's: the demo shows them unless told otherwise
+    parser.add_argument("--n-iters", type=int, default=defaults.n_iters, help="Lanczos basis size")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
     parser.add_argument(
         "--score-candidates",
         type=float,
@@ -209,7 +210,10 @@ def run(argv: list[str] | None = None) -> dict[int, dict[str, ArmResult]]:
         help="the product default: influence for the top 3 x fraction by AUM; 0: every example",
     )
     parser.add_argument(
-        "--hvp-samples", type=int, default=128, help="the product default; 0: the whole train set"
+        "--hvp-samples",
+        type=int,
+        default=defaults.hvp_samples,
+        help="the product default; 0: the whole train set",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
