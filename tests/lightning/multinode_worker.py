@@ -59,6 +59,10 @@ def main(out: str) -> None:
     )
     data = InfluenceDataModule(TinyData(n=41, image=True), fraction=0.2)
     trainer.fit(TinyClassifier(hidden=8), datamodule=data)
+    # Lightning leaves the process group up; left to interpreter shutdown, gloo's threads once
+    # aborted a node ("terminate called without an active exception", SIGABRT) after it finished
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
