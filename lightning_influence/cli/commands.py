@@ -126,9 +126,10 @@ def _fit(args: argparse.Namespace, loaded: Loaded, config: AnalysisConfig) -> tu
             return engine, parts
         engine, hvp_examples = fit_engine(runtime, config, loss_fn, parts)
     if config.progress:
+        stats = engine.fit_stats
         print(
-            f"Arnoldi: {config.n_iters} HVPs on {hvp_examples} of {len(parts.dataset)} training "
-            "examples",
+            f"{stats.get('solver', 'arnoldi')}: {stats.get('iterations', config.n_iters)} HVPs on "
+            f"{hvp_examples} of {len(parts.dataset)} training examples",
             file=sys.stderr,
         )
     return engine, parts
@@ -257,6 +258,30 @@ def _explain(args: argparse.Namespace, loaded: Loaded, config: AnalysisConfig) -
     return 0
 
 
+def _convergence_summary(lam: torch.Tensor, relative: torch.Tensor, solver: Any, tol: Any) -> str:
+    """The line under the spectrum's table: how many pairs are negative and how many did not
+    converge, judged by what the fit aimed at: thick restart's ``restart_tol`` (it stops there,
+    so a loose pair means it ran out of products), else (a fixed number of Arnoldi products, or
+    an event that does not say) a relative residual of 1e-2."""
+    restarted = solver == "lanczos" and isinstance(tol, (int, float))
+    target = float(tol) if restarted else 1e-2
+    loose = int((~(relative < target)).sum())
+    line = (
+        f"{lam.numel()} eigenvalues, {int((lam < 0).sum())} negative; {loose} with relative "
+        f"residual >= {target:g}"
+    )
+    if restarted:
+        line += " (the restart_tol of this thick-restart fit)"
+        if loose:
+            line += (
+                "; it stopped at its product limit (10 x n_iters) before they converged: "
+                "raise --n-iters, or lower --top-k"
+            )
+    elif loose:
+        line += " (raise --n-iters to converge them, or lower --top-k)"
+    return line
+
+
 def _spectrum(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> int:
     if args.plot is not None:
         require_matplotlib("--plot")
@@ -268,10 +293,13 @@ def _spectrum(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> int:
         except FileNotFoundError as err:
             raise CLIError(f"--event {args.event}: {err}") from None
         lam, residuals = event.eigenvalues, event.residuals
+        solver = event.manifest.get("fit_stats", {}).get("solver")
+        tol = event.manifest.get("arguments", {}).get("restart_tol")
     else:
         config = _config(args)
         engine, _ = _fit(args, load(args, init), config)
         lam, residuals = engine.eigenvalues, engine.ritz_residuals
+        solver, tol = engine.fit_stats.get("solver"), engine.config.restart_tol
     lam, residuals = lam.double().cpu(), residuals.double().cpu()
     relative = residuals / lam.abs()
     header = ["rank", "eigenvalue", "residual", "relative_residual"]
@@ -282,12 +310,7 @@ def _spectrum(args: argparse.Namespace, init: dict[str, dict[str, Any]]) -> int:
         )
     ]
     print(table(header, rows))
-    negative = int((lam < 0).sum())
-    loose = int((~(relative < 1e-2)).sum())
-    print(
-        f"{lam.numel()} eigenvalues, {negative} negative; {loose} with relative residual >= 1e-2"
-        + (" (raise --n-iters to converge them, or lower --top-k)" if loose else "")
-    )
+    print(_convergence_summary(lam, relative, solver, tol))
     if args.csv is not None:
         write_csv(args.csv, header, rows)
         print(f"table -> {args.csv}")

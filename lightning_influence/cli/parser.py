@@ -293,7 +293,9 @@ examples:
         description=_para(
             "The top-p eigenvalues lambda_i of the Hessian of the training loss by "
             "|lambda|, with Ritz residuals ||H e_i - lambda_i e_i|| and relative residuals "
-            "(residual / |lambda|; small means converged: if the tail is large, raise --n-iters). "
+            "(residual / |lambda|; small means converged). The default thick-restart fit stops "
+            "when every pair reaches --restart-tol; a fixed-n Arnoldi fit (--solver arnoldi) is "
+            "judged at 1e-2: if its tail is large, raise --n-iters. "
             "Negative eigenvalues are normal away from a minimum; see --eigenvalue-policy. "
             "--event reads an event folder written by score or InfluenceCallback instead."
         ),

@@ -21,7 +21,9 @@ from pytorch_lightning.loggers import CSVLogger
 
 from lightning_influence import InfluenceCallback
 from lightning_influence.cli import main
+from lightning_influence.cli.commands import _convergence_summary
 from lightning_influence.cli.loading import split_init_args
+from lightning_influence.config import AnalysisConfig
 from lightning_influence.io.events import read_event
 from lightning_influence.losses import cross_entropy_loss
 from tests.cli.models import TinyClassifier, TinyData
@@ -155,10 +157,30 @@ def test_spectrum_matches_score_and_reads_events(run, tmp_path, capsys):
     assert (tmp_path / "s.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "relative_residual" in printed and "5 eigenvalues" in printed
+    # judged at the tolerance the thick-restart fit aimed at (the default 5e-2), not at 1e-2
+    tol = AnalysisConfig().restart_tol
+    summary = f"with relative residual >= {tol:g} (the restart_tol of this thick-restart fit)"
+    assert summary in printed
 
     event_dir = run["ckpt"].parent.parent / "influence" / run["name"] / run["event"].name
     assert cli("spectrum", "--event", event_dir) == 0
-    assert f"{run['event'].eigenvalues[0].item():.6g}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{run['event'].eigenvalues[0].item():.6g}" in printed
+    assert summary in printed
+
+
+def test_spectrum_summary_judges_by_the_fits_target():
+    lam = torch.tensor([4.0, -2.0, 1.0], dtype=torch.float64)
+    relative = torch.tensor([1e-9, 0.03, 0.2], dtype=torch.float64)
+    restarted = _convergence_summary(lam, relative, "lanczos", 0.05)
+    assert restarted.startswith("3 eigenvalues, 1 negative; 1 with relative residual >= 0.05 ")
+    assert "product limit" in restarted and "raise --n-iters" in restarted
+    converged = _convergence_summary(lam, relative, "lanczos", 0.5)
+    assert "0 with relative residual >= 0.5" in converged and "raise" not in converged
+    fixed = _convergence_summary(lam, relative, "arnoldi", None)
+    assert "2 with relative residual >= 0.01 (raise --n-iters" in fixed
+    # an event that does not name its solver (older manifests): the fixed 1e-2 yardstick
+    assert _convergence_summary(lam, relative, None, 0.05) == fixed
 
 
 def test_explain_table_csv_and_picture(run, tmp_path, capsys):
