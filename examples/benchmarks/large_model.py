@@ -29,12 +29,11 @@ plus, at P = 1M, ~50 MiB more (1.6 C; not traced further); the fit leaves k P4 (
 eigenvectors), the basis pages are released before scoring, and scoring adds the gradient chunks.
 At P >= 3M the fit is the peak (distill; 4,096 MiB at 10M), at P <= 1M the scoring.
 
-``--basis memory`` runs the callback's solver instead (thick-restart Lanczos, here ``top_k=30``,
-``n_iters=45``: the callback's defaults when README's figures were measured, 20 and 30 since
-2026-12-07; the basis in RAM in float32, which the engine chooses when its estimate
-``core.solvers.basis_bytes`` fits in half of the free memory) and reports the fit against its
-products (``fit_over_hvps``); ``--hvp-samples`` sets the HVP sample (64 by default, the callback's
-default is 128).
+``--basis memory`` runs the callback's solver at the callback's defaults instead (thick-restart
+Lanczos: ``top_k``, ``n_iters``, ``restart_tol`` and the HVP sample of ``AnalysisConfig()``, the
+basis in RAM in float32, which the engine chooses when its estimate ``core.solvers.basis_bytes``
+fits in half of the free memory) and reports the fit against its products (``fit_over_hvps``);
+``--top-k``, ``--n-iters`` and ``--hvp-samples`` override them (the file basis' sample is 64).
 
 Run: ``PYTHONPATH=. python examples/benchmarks/large_model.py [--quick] [--hidden H]
 [--basis file|memory] [--hvp-samples S] [--out DIR]``.
@@ -72,6 +71,7 @@ from _common import (
 
 import lightning_influence.core.solvers as engine_module
 from lightning_influence import ArnoldiInfluence, InfluenceCallback
+from lightning_influence.config import AnalysisConfig
 from lightning_influence.losses import cross_entropy_loss
 
 __all__ = ["MLP", "PhaseMemory", "bound_mib", "main", "run"]
@@ -196,7 +196,7 @@ def run(
 
     ``basis="file"``: Arnoldi with a float16 basis in a file (the memory bound of the module
     docstring applies); ``basis="memory"``: the callback's default solver (thick-restart
-    Lanczos to ``restart_tol=1e-2``, the basis in RAM in float32; the engine's
+    Lanczos to the callback's ``restart_tol``, the basis in RAM in float32; the engine's
     ``core.solvers.basis_bytes`` estimate is reported beside the measured peak).
 
     Call it in a fresh process: it measures the process's resident memory and wraps (for the
@@ -368,27 +368,35 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 0.3M-parameter model, n=20")
     parser.add_argument("--hidden", type=int, default=None, help="H (default 2048; quick 128)")
-    parser.add_argument("--n-iters", type=int, default=None, help="default 100 (quick 20)")
-    parser.add_argument("--top-k", type=int, default=None, help="default 20 (quick 5)")
+    parser.add_argument(
+        "--n-iters", type=int, default=None, help="default 100, memory: the callback's (quick 20)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="default 20, memory: the callback's (quick 5)"
+    )
     parser.add_argument("--num-train", type=int, default=None, help="default 2000 (quick 256)")
     parser.add_argument(
         "--basis",
         choices=("file", "memory"),
         default="file",
-        help="file: Arnoldi, float16 basis in a file (default n=100, p=20); memory: the "
-        "callback's solver, thick-restart Lanczos in RAM (default n=45, p=30)",
+        help="file: Arnoldi, float16 basis in a file (default n=100, p=20, 64 HVP examples); "
+        "memory: the callback's solver at its defaults, thick-restart Lanczos in RAM",
     )
-    parser.add_argument("--hvp-samples", type=int, default=64)
+    parser.add_argument(
+        "--hvp-samples", type=int, default=None, help="default 64, memory: the callback's"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     quick, in_file = args.quick, args.basis == "file"
+    defaults = AnalysisConfig()
+    args.hvp_samples = args.hvp_samples or (64 if in_file else defaults.hvp_samples)
     result = run(
         hidden=args.hidden or (128 if quick else 2048),
-        n_iters=args.n_iters or (20 if quick else 100 if in_file else 45),
-        top_k=args.top_k or (5 if quick else 20 if in_file else 30),
+        n_iters=args.n_iters or (20 if quick else 100 if in_file else defaults.n_iters),
+        top_k=args.top_k or (5 if quick else 20 if in_file else defaults.top_k),
         num_train=args.num_train or (256 if quick else 2000),
         basis=args.basis,
         hvp_samples=args.hvp_samples,
@@ -405,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
         "`bound_MiB` are the bounds of the script's docstring (base = `rss_before_analysis_MiB`)."
         if in_file
         else "Basis in RAM as float32 (the callback's default: thick-restart Lanczos to "
-        "restart_tol=1e-2); `basis_estimate_MiB` is the engine's estimate "
+        f"restart_tol={AnalysisConfig().restart_tol:g}); `basis_estimate_MiB` is the engine's estimate "
         "(`core.solvers.basis_bytes`: basis and eigenvectors) that decides RAM or file."
     )
     text = (

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_influence.core.arnoldi import arnoldi, distill
-from lightning_influence.core.lanczos import thick_restart_lanczos
+from lightning_influence.core.lanczos import _orthogonalize, thick_restart_lanczos
 
 
 def _spectrum_matrix(eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -56,6 +56,32 @@ def test_one_gram_schmidt_pass_per_product_keeps_the_basis_orthonormal():
     torch.testing.assert_close(
         out32.pairs.eigenvalues.double(), _top(a, 10), rtol=1e-2 * 1.01, atol=0
     )
+
+
+def test_gram_schmidt_subtracts_only_the_components_above_rounding():
+    # Rows 4 and 5 are "recent" (removed whatever their size); of the older rows only those whose
+    # coefficient exceeds 8 eps ||w|| are subtracted: row 2 (1e-3) is, row 0 (below the floor)
+    # is not, and the coefficients returned are the ones removed (the Krylov relation holds).
+    g = torch.Generator().manual_seed(11)
+    q, _ = torch.linalg.qr(torch.randn(50, 7, generator=g, dtype=torch.float64))
+    basis, rest = q.T[:6].contiguous(), q.T[6]
+    tiny = 2 * torch.finfo(torch.float64).eps
+    w_in = rest + tiny * basis[0] + 1e-3 * basis[2] + 0.5 * basis[4] - 0.25 * basis[5]
+    w = w_in.clone()
+    c, second = _orthogonalize(basis, w, recent=4)
+    assert not second
+    assert c[0] == 0 and c[1] == 0 and c[3] == 0
+    torch.testing.assert_close(c[[2, 4, 5]], torch.tensor([1e-3, 0.5, -0.25]).double())
+    torch.testing.assert_close(w + basis.T @ c, w_in, atol=1e-15, rtol=0)
+    assert (basis[1:] @ w).abs().max() < 1e-15  # what was subtracted is gone
+    assert abs(float(basis[0] @ w)) < 8 * torch.finfo(torch.float64).eps  # what was left is tiny
+
+    # when most rows carry more than rounding, one full pass removes them all
+    w_in = rest + 1e-3 * basis[:4].sum(0)
+    w = w_in.clone()
+    c, _ = _orthogonalize(basis, w, recent=5)
+    torch.testing.assert_close(c[:4], torch.full((4,), 1e-3, dtype=torch.float64))
+    assert (basis @ w).abs().max() < 1e-15
 
 
 def test_a_drifting_operator_triggers_the_second_pass():
