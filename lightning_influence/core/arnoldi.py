@@ -100,6 +100,18 @@ def _rows_combine(basis: Tensor, c: Tensor, buffer: Tensor | None) -> Tensor:
     return out
 
 
+def _rows_subtract(w: Tensor, basis: Tensor, c: Tensor, buffer: Tensor | None) -> None:
+    """``w -= basis^T @ c`` in place: no temporary of ``w``'s size (at 10M parameters each one
+    is a fresh 40 MB allocation whose page faults cost as much as the arithmetic)."""
+    if buffer is None:
+        w.addmv_(basis.T, c, alpha=-1)
+        return
+    for b, cc in zip(basis.split(buffer.shape[0]), c.split(buffer.shape[0]), strict=True):
+        rows = buffer[: b.shape[0]]
+        rows.copy_(b)
+        w.addmv_(rows.T, cc, alpha=-1)
+
+
 _NUMPY_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16"}
 
 
@@ -215,9 +227,12 @@ def arnoldi(
     # the whole preallocated basis, whose unused rows are zero. Elsewhere it runs over the k + 1
     # filled rows only, half the work on average.
     static = graph_cut is not None
+    # Elsewhere each product is copied into one work vector and orthogonalized there in place.
+    work_vector = None if static else torch.empty(dim, device=bdevice, dtype=work)
     iterations, breakdown, second_passes = n_iters, False, 0
     for k in range(n_iters):
-        w = matvec(q).to(bdevice, work)
+        product = matvec(q)
+        w = product.to(bdevice, work) if work_vector is None else work_vector.copy_(product)
         w_norm = w.norm()
         if static:
             # CGS2 over the whole preallocated basis: the same graph at every iteration.
@@ -233,15 +248,15 @@ def arnoldi(
             last = max(0, k - 1)
             recent = active[last:].to(work)  # q_{k-1}, q_k: the Lanczos recurrence
             c0 = recent @ w
-            w = w - recent.T @ c0
+            w.addmv_(recent.T, c0, alpha=-1)
             before = w.norm()
             c1 = _rows_dot(active, w, buffer)
-            w = w - _rows_combine(active, c1, buffer)
+            _rows_subtract(w, active, c1, buffer)
             c1[last:] += c0
             beta = w.norm()
             if float(beta) < _TWICE_IS_ENOUGH * float(before):
                 c2 = _rows_dot(active, w, buffer)
-                w = w - _rows_combine(active, c2, buffer)
+                _rows_subtract(w, active, c2, buffer)
                 c1 += c2
                 beta = w.norm()
                 second_passes += 1
