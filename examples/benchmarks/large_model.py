@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
         "`bound_MiB` are the bounds of the script's docstring (base = `rss_before_analysis_MiB`)."
         if in_file
         else "Basis in RAM as float32 (the callback's default: thick-restart Lanczos to "
-        f"restart_tol={AnalysisConfig().restart_tol:g}); `basis_estimate_MiB` is the engine's estimate "
+        f"restart_tol={defaults.restart_tol:g}); `basis_estimate_MiB` is the engine's estimate "
         "(`core.solvers.basis_bytes`: basis and eigenvectors) that decides RAM or file."
     )
     text = (

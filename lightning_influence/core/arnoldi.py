@@ -93,23 +93,23 @@ def _rows_combine(basis: Tensor, c: Tensor, buffer: Tensor | None) -> Tensor:
     if buffer is None:
         return basis.T @ c
     out = torch.zeros(basis.shape[1], dtype=c.dtype, device=c.device)
-    for b, cc in zip(basis.split(buffer.shape[0]), c.split(buffer.shape[0]), strict=True):
-        rows = buffer[: b.shape[0]]
-        rows.copy_(b)
-        out.addmv_(rows.T, cc)
+    _rows_add(out, basis, c, buffer)
     return out
 
 
-def _rows_subtract(w: Tensor, basis: Tensor, c: Tensor, buffer: Tensor | None) -> None:
-    """``w -= basis^T @ c`` in place: no temporary of ``w``'s size (at 10M parameters each one
-    is a fresh 40 MB allocation whose page faults cost as much as the arithmetic)."""
+def _rows_add(
+    w: Tensor, basis: Tensor, c: Tensor, buffer: Tensor | None, alpha: float = 1.0
+) -> None:
+    """``w += alpha basis^T @ c`` in place, a low-precision basis converted through ``buffer`` in
+    chunks: no temporary of ``w``'s size (at 10M parameters each one is a fresh 40 MB allocation
+    whose page faults cost as much as the arithmetic)."""
     if buffer is None:
-        w.addmv_(basis.T, c, alpha=-1)
+        w.addmv_(basis.T, c, alpha=alpha)
         return
     for b, cc in zip(basis.split(buffer.shape[0]), c.split(buffer.shape[0]), strict=True):
         rows = buffer[: b.shape[0]]
         rows.copy_(b)
-        w.addmv_(rows.T, cc, alpha=-1)
+        w.addmv_(rows.T, cc, alpha=alpha)
 
 
 _NUMPY_DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.float16: "float16"}
@@ -251,12 +251,12 @@ def arnoldi(
             w.addmv_(recent.T, c0, alpha=-1)
             before = w.norm()
             c1 = _rows_dot(active, w, buffer)
-            _rows_subtract(w, active, c1, buffer)
+            _rows_add(w, active, c1, buffer, alpha=-1)
             c1[last:] += c0
             beta = w.norm()
             if float(beta) < _TWICE_IS_ENOUGH * float(before):
                 c2 = _rows_dot(active, w, buffer)
-                _rows_subtract(w, active, c2, buffer)
+                _rows_add(w, active, c2, buffer, alpha=-1)
                 c1 += c2
                 beta = w.norm()
                 second_passes += 1
